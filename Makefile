@@ -1,0 +1,84 @@
+# digit-mlops: the few verbs people need. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ifndef PYTHON
+PYTHON := $(shell command -v python3.11 || command -v python3)
+endif
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+MLFLOW_PORT ?= 5000
+STAMP := $(VENV)/.installed
+
+# Stage commands in dvc.yaml say `python`: make it the project's venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+
+# Project-local stores unless the caller points elsewhere (tests and CI use temp dirs).
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export BENTOML_DO_NOT_TRACK ?= true
+export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
+
+.PHONY: help venv repro package serve run build test test-fast lint format mlflow-ui lock clean
+
+help: ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "==> setting up $(VENV) from requirements.lock (first time: a few minutes, ~3 GB)"
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(STAMP) ## create .venv from the lock file
+
+repro: $(STAMP) ## run the DVC pipeline (only the stages whose inputs changed)
+	@echo "==> dvc repro (fetch → prepare → train → evaluate → register)"
+	$(BIN)/dvc repro
+
+package: $(STAMP) ## import the registry's champion into the BentoML model store
+	@echo "==> packaging models:/champion into the BentoML store at $(BENTOML_HOME)"
+	$(BIN)/python -m service.package
+
+serve: $(STAMP) ## serve the packaged champion on http://127.0.0.1:$(PORT)
+	@$(BIN)/python -m service.banner --port $(PORT)
+	$(BIN)/bentoml serve service.service:DigitClassifier --host 127.0.0.1 --port $(PORT)
+
+run: repro package serve ## the whole path: venv, dvc repro, package, serve
+
+build: package ## build a Bento (service + champion) with bentofile.yaml
+	$(BIN)/bentoml build
+
+test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
+	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the unit tests only
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+mlflow-ui: $(STAMP) ## browse experiments and the registry on http://127.0.0.1:$(MLFLOW_PORT)
+	@echo "==> MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (store: $(MLFLOW_TRACKING_URI))"
+	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+lock: ## re-resolve the pins in pyproject.toml and rewrite requirements.lock
+	rm -rf /tmp/digit-mlops-lock && $(PYTHON) -m venv /tmp/digit-mlops-lock
+	/tmp/digit-mlops-lock/bin/pip install -q -e '.[dev]'
+	{ head -2 requirements.lock; /tmp/digit-mlops-lock/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean: ## remove caches (keeps .venv, data, mlflow.db and the BentoML store)
+	rm -rf .pytest_cache .ruff_cache tests/artifacts
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

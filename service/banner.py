@@ -1,0 +1,28 @@
+"""What `make serve` prints before the server starts: where to go and a request that works."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=3000)
+    port = parser.parse_args().port
+    base = f"http://127.0.0.1:{port}"
+    print(
+        f"""
+==> serving the champion on {base}
+    API docs (OpenAPI):  {base}/docs
+    Metrics:             {base}/metrics
+    Health:              {base}/livez  {base}/readyz
+    Try it (a real MNIST test digit, a 7):
+      curl -s -X POST {base}/predict -H 'Content-Type: application/json' -d @examples/digit-7.json
+    Stop with Ctrl-C.
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

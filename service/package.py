@@ -1,0 +1,82 @@
+"""Import the registry's champion into the BentoML model store (`make package`).
+
+Run after `dvc repro`. The Bento model carries the MLflow version, run id and test accuracy as
+metadata, so the service can say exactly what it serves without ever calling MLflow. Importing the
+same champion again changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import bentoml
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines import params as params_mod
+from pipelines.paths import tracking_uri
+
+MODEL_FILE = "model.keras"
+
+
+def bento_tag(name: str, version: str, run_id: str) -> str:
+    """One Bento tag per registry version *and* run: a rebuilt store reusing v1 gets a new tag."""
+    return f"{name}:v{version}-{run_id[:8]}"
+
+
+def package(name: str) -> bentoml.Model:
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        raise SystemExit(
+            f"package: the registry at {tracking_uri()} has no '{name}@champion' yet. "
+            "Run `dvc repro` first (a model becomes champion when it passes register.min_accuracy)."
+        ) from None
+    tag = bento_tag(name, mv.version, mv.run_id)
+    try:
+        existing = {str(m.tag): m for m in bentoml.models.list(name)}
+    except bentoml.exceptions.NotFound:
+        existing = {}
+    latest = max(existing.values(), key=lambda m: m.creation_time, default=None)
+    if latest is not None and str(latest.tag) == tag:
+        print(f"package: {tag} is already the latest {name} in the BentoML store", file=sys.stderr)
+        return latest
+    if tag in existing:  # an older champion came back: re-import so it becomes 'latest' again
+        bentoml.models.delete(tag)
+
+    import keras  # heavy; only needed when there is something to import
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=tmp)
+        net = mlflow.keras.load_model(local)
+        metadata = {
+            "registered_model": name,
+            "mlflow_version": str(mv.version),
+            "run_id": mv.run_id,
+            "test_accuracy": float(mv.tags.get("test_accuracy", "nan")),
+            "git_commit": mv.tags.get("git_commit", "unknown"),
+            "data_hash": mv.tags.get("data_hash", "unknown"),
+            "source": f"models:/{name}@champion",
+        }
+        with bentoml.models.create(
+            tag, module="keras", metadata=metadata, labels={"alias": "champion"}
+        ) as bento_model:
+            keras.saving.save_model(net, Path(bento_model.path) / MODEL_FILE)
+    print(f"package: imported {name} v{mv.version} (run {mv.run_id}) as {tag}", file=sys.stderr)
+    return bentoml.models.get(tag)
+
+
+def main() -> None:
+    package(params_mod.load().register.model_name)
+
+
+if __name__ == "__main__":
+    main()

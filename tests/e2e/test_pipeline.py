@@ -1,0 +1,257 @@
+"""The whole path, for real: dvc repro → MLflow registry → BentoML package → HTTP.
+
+Runs in a temp copy of the project with its own MLflow store and BentoML home, on the committed
+fixture of real MNIST digits with tiny params. The tests run in order and build on each other,
+the way a user's session does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import (
+    BIN,
+    FIXTURE,
+    commit,
+    free_port,
+    isolated_env,
+    make_workspace,
+    run,
+    serving,
+    set_params,
+)
+
+pytestmark = pytest.mark.e2e
+STAGES = ["fetch", "prepare", "train", "evaluate", "register"]
+MODEL = "mnist-cnn"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    env = isolated_env(root)
+    workspace = make_workspace(root / "project", env)
+    return {"root": root, "env": env, "dir": workspace}
+
+
+def repro(ws, check: bool = True):
+    return run([str(BIN / "dvc"), "repro"], ws["dir"], ws["env"], check=check)
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def client(ws) -> MlflowClient:
+    return MlflowClient(tracking_uri=ws["env"]["MLFLOW_TRACKING_URI"])
+
+
+def test_repro_builds_every_stage(ws):
+    proc = repro(ws)
+    out = proc.stdout + proc.stderr
+    assert ran_stages(out) == STAGES
+    assert "===== stage: train =====" in out and "Epoch 4/4" in out  # banners, Keras progress
+    d = ws["dir"]
+    for path in [
+        "data/raw/mnist.npz",
+        "data/prepared/train.npz",
+        "data/prepared/stats.json",
+        "models/model.keras",
+        "metrics/train.json",
+        "metrics/eval.json",
+        "plots/confusion.csv",
+        "plots/train/history.csv",
+        "reports/register.json",
+    ]:
+        assert (d / path).is_file(), path
+    evaluation = json.loads((d / "metrics/eval.json").read_text())
+    assert evaluation["n_test"] == 200  # the fixture's test images, all of them
+    assert evaluation["accuracy"] >= 0.5
+    assert set(evaluation["per_class"]) == {str(i) for i in range(10)}
+    train = json.loads((d / "metrics/train.json").read_text())
+    assert train["epochs"] == 4 and train["wall_time_s"] > 0
+    lock = (d / "dvc.lock").read_text()
+    assert all(f"  {s}:" in lock for s in STAGES)
+    shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], d, ws["env"]).stdout
+    assert "accuracy" in shown
+    # Record the starting point for the later tests.
+    commit(d, ws["env"], "first model")
+
+
+def test_registry_holds_champion_with_lineage(ws):
+    c = client(ws)
+    champion = c.get_model_version_by_alias(MODEL, "champion")
+    challenger = c.get_model_version_by_alias(MODEL, "challenger")
+    assert str(champion.version) == str(challenger.version) == "1"
+    head = run(["git", "rev-parse", "HEAD~0"], ws["dir"], ws["env"]).stdout.strip()
+    # The pipeline ran on the first commit of the workspace, before "first model" was committed.
+    first = run(["git", "rev-list", "--max-parents=0", "HEAD"], ws["dir"], ws["env"]).stdout.strip()
+    assert champion.tags["git_commit"] in {first, head}
+    assert re.fullmatch(r"[0-9a-f]{64}", champion.tags["data_hash"])
+    evaluation = json.loads((ws["dir"] / "metrics/eval.json").read_text())
+    assert float(champion.tags["test_accuracy"]) == pytest.approx(evaluation["accuracy"])
+
+    run_ = c.get_run(champion.run_id)
+    assert run_.data.tags["dvc_stage"] == "train"
+    assert run_.data.tags["data_hash"] == champion.tags["data_hash"]
+    assert run_.data.params["train.epochs"] == "4"
+    assert run_.data.params["register.model_name"] == MODEL
+    assert len(c.get_metric_history(run_.info.run_id, "val_accuracy")) == 4  # per epoch
+    assert run_.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    artifacts = {a.path for a in c.list_artifacts(run_.info.run_id, "plots")}
+    assert "plots/confusion_matrix.png" in artifacts
+
+    import mlflow
+
+    mlflow.set_tracking_uri(ws["env"]["MLFLOW_TRACKING_URI"])
+    info = mlflow.models.get_model_info(f"models:/{MODEL}@champion")
+    spec = info.signature.inputs.inputs[0]
+    assert (str(spec.type), spec.shape) == ("uint8", (-1, 28, 28, 1))
+    assert info.saved_input_example_info["type"] == "ndarray"
+
+
+def test_second_repro_runs_nothing(ws):
+    proc = repro(ws)
+    assert ran_stages(proc.stdout + proc.stderr) == []
+    status = run([str(BIN / "dvc"), "status"], ws["dir"], ws["env"]).stdout
+    assert "up to date" in status
+
+
+def test_worse_model_becomes_challenger_not_champion(ws):
+    # A learning rate this small leaves the net near chance: the gate must keep v1 in service.
+    set_params(ws["dir"], {"train": {"learning_rate": 1.0e-7}, "register": {"min_accuracy": 0.0}})
+    proc = repro(ws)
+    assert ran_stages(proc.stdout + proc.stderr) == ["train", "evaluate", "register"]
+    c = client(ws)
+    assert str(c.get_model_version_by_alias(MODEL, "challenger").version) == "2"
+    assert str(c.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    receipt = json.loads((ws["dir"] / "reports/register.json").read_text())
+    assert receipt["version"] == 2 and receipt["champion_version"] == 1
+    assert "worse than champion v1" in receipt["reason"]
+
+
+def test_bad_data_fails_prepare_and_keeps_outputs_and_registry(ws):
+    d = ws["dir"]
+    with np.load(FIXTURE) as f:
+        arrays = {k: f[k].copy() for k in f.files}
+    arrays["y_train"][:5] = 11
+    np.savez_compressed(d / "bad.npz", **arrays)
+    before = (d / "data/prepared/train.npz").read_bytes()
+    versions = len(client(ws).search_model_versions(f"name='{MODEL}'"))
+    set_params(d, {"data": {"path": "bad.npz"}})
+    proc = repro(ws, check=False)
+    assert proc.returncode != 0
+    assert "labels must lie in 0-9, found [11]" in proc.stdout + proc.stderr
+    assert (d / "data/prepared/train.npz").read_bytes() == before
+    assert len(client(ws).search_model_versions(f"name='{MODEL}'")) == versions
+    set_params(d, {"data": {"path": "tests/fixtures/mnist-sample.npz"}})
+
+
+def test_package_is_idempotent(ws):
+    env, d = ws["env"], ws["dir"]
+    first = run([str(BIN / "python"), "-m", "service.package"], d, env)
+    assert "imported mnist-cnn v1" in first.stderr
+    again = run([str(BIN / "python"), "-m", "service.package"], d, env)
+    assert "already the latest" in again.stderr
+    listed = json.loads(run([str(BIN / "bentoml"), "models", "list", "-o", "json"], d, env).stdout)
+    assert [m["tag"] for m in listed] == [
+        f"{MODEL}:v1-{client(ws).get_model_version(MODEL, '1').run_id[:8]}"
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    port = free_port()
+    cmd = [
+        str(BIN / "bentoml"),
+        "serve",
+        "service.service:DigitClassifier",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with serving(cmd, ws["dir"], ws["env"], port, ws["root"] / "server.log") as url:
+        yield url
+
+
+def test_predict_answers_with_the_champion(ws, server):
+    with np.load(FIXTURE) as f:
+        x, y = f["x_test"][:40], f["y_test"][:40]
+    import keras
+
+    # Expected answers from the packaged model itself, in this process.
+    model_path = Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL
+    keras_file = next(model_path.glob("*/model.keras"))
+    expected = keras.saving.load_model(keras_file, compile=False).predict(x[..., None], verbose=0)
+    correct = 0
+    for i in range(len(x)):
+        r = requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == "1" and r.headers["X-Model-Version"] == "1"
+        assert len(body["probabilities"]) == 10
+        assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+        assert body["digit"] == int(expected[i].argmax())
+        assert body["confidence"] == pytest.approx(float(expected[i].max()), abs=1e-5)
+        correct += body["digit"] == int(y[i])
+    assert correct / len(x) >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "fragment"),
+    [
+        ("{not json", "application/json", "json"),
+        (json.dumps({"image": [[0] * 28] * 27}), "application/json", "28"),
+        (json.dumps({"image": [[0] * 27] * 28}), "application/json", "28"),
+        (json.dumps({"image": [[300] * 28] * 28}), "application/json", "0-255"),
+        (json.dumps({"image": [[-1] * 28] * 28}), "application/json", "0-255"),
+        (
+            '{"image": [' + ",".join(["[" + ",".join(["NaN"] * 28) + "]"] * 28) + "]}",
+            "application/json",
+            "NaN",
+        ),
+        (json.dumps({"image": "seven"}), "application/json", "image"),
+        (json.dumps({"picture": [[0] * 28] * 28}), "application/json", "image"),
+        ("", "application/json", ""),
+    ],
+    ids=[
+        "malformed-json",
+        "27-rows",
+        "27-columns",
+        "above-255",
+        "negative",
+        "nan",
+        "string",
+        "missing-field",
+        "empty-body",
+    ],
+)
+def test_bad_input_gets_400_with_a_message(server, body, content_type, fragment):
+    r = requests.post(
+        f"{server}/predict", data=body, headers={"Content-Type": content_type}, timeout=30
+    )
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert fragment.lower() in r.text.lower()
+    ok = requests.post(f"{server}/predict", json={"image": [[0] * 28] * 28}, timeout=30)
+    assert ok.status_code == 200  # the worker survived
+
+
+def test_bento_build_contains_the_model(ws):
+    env, d = ws["env"], ws["dir"]
+    run([str(BIN / "bentoml"), "build"], d, env, timeout=300)
+    archive = ws["root"] / "digit_classifier.bento"
+    run([str(BIN / "bentoml"), "export", "digit_classifier:latest", str(archive)], d, env)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    run_id = client(ws).get_model_version(MODEL, "1").run_id
+    assert f"./models/{MODEL}/v1-{run_id[:8]}/model.keras" in names
+    assert "./src/service/service.py" in names and "./src/params.yaml" in names
