@@ -21,10 +21,9 @@ import numpy as np
 from mlflow.models import Model, infer_signature
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
 
-from pipelines import params as params_mod
 from pipelines.atomic import atomic_path, write_json
 from pipelines.data import load_split
-from pipelines.log import banner, fail
+from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
 from pipelines.train import MODEL, RUN_INFO
@@ -84,11 +83,7 @@ def log_model(net: keras.Model, example: np.ndarray) -> str:
 
 
 def main() -> None:
-    banner("evaluate")
-    try:
-        p = params_mod.load()
-    except params_mod.ParamsError as err:
-        fail("evaluate", err)
+    p = start("evaluate")
     ws = workspace()
     x_test, y_test = load_split("test")
     net = keras.saving.load_model(ws / MODEL)

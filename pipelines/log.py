@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
+from pipelines.params import Params, ParamsError, load
+
 
 def banner(stage: str) -> None:
     print(f"\n===== stage: {stage} =====", file=sys.stderr, flush=True)
@@ -14,3 +16,12 @@ def fail(stage: str, err: BaseException) -> NoReturn:
     """Exit non-zero with the error's own message; DVC then stops and keeps the old outputs."""
     print(f"\n{stage} FAILED: {err}", file=sys.stderr, flush=True)
     raise SystemExit(1)
+
+
+def start(stage: str) -> Params:
+    """Announce the stage and read params.yaml, failing the stage cleanly if it is bad."""
+    banner(stage)
+    try:
+        return load()
+    except ParamsError as err:
+        fail(stage, err)

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipelines import params as params_mod
 from pipelines.atomic import save_npz, write_json
-from pipelines.log import banner, fail
+from pipelines.log import fail, start
 from pipelines.paths import workspace
 from pipelines.sources import DataSourceError, Mnist, load_npz
 
@@ -132,14 +131,13 @@ def stats(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def main() -> None:
-    banner("prepare")
+    p = start("prepare")
     ws = workspace()
     try:
-        p = params_mod.load()
         data = validate(
             load_npz(ws / RAW), p.prepare.min_class_fraction, p.prepare.max_class_fraction
         )
-    except (DataSourceError, DataValidationError, params_mod.ParamsError) as err:
+    except (DataSourceError, DataValidationError) as err:
         fail("prepare", err)
     x_tr, x_val, y_tr, y_val = split(data.x_train, data.y_train, p.prepare.val_fraction, p.seed)
     out = ws / OUT_DIR

@@ -15,11 +15,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import params as params_mod
 from pipelines.atomic import write_json
 from pipelines.evaluate import LOGGED_MODEL
 from pipelines.evaluate import METRICS as EVAL_METRICS
-from pipelines.log import banner, fail
+from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
 
@@ -57,11 +56,7 @@ def decide(
 
 
 def main() -> None:
-    banner("register")
-    try:
-        p = params_mod.load()
-    except params_mod.ParamsError as err:
-        fail("register", err)
+    p = start("register")
     ws = workspace()
     logged = read_json(ws / LOGGED_MODEL)
     accuracy = float(read_json(ws / EVAL_METRICS)["accuracy"])

@@ -14,10 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import model as model_mod
-from pipelines import params as params_mod
 from pipelines.atomic import atomic_path, write_json
 from pipelines.data import load_split
-from pipelines.log import banner, fail
+from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, data_hash, flatten, git_commit
 
@@ -41,11 +40,7 @@ def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None) -> 
 
 
 def main() -> None:
-    banner("train")
-    try:
-        p = params_mod.load()
-    except params_mod.ParamsError as err:
-        fail("train", err)
+    p = start("train")
     ws = workspace()
     (x_tr, y_tr), (x_val, y_val) = load_split("train"), load_split("val")
     make_deterministic(p.seed)

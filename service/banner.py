@@ -13,7 +13,7 @@ def main() -> None:
     print(
         f"""
 ==> serving the champion on {base}
-    API docs (OpenAPI):  {base}/docs
+    API docs (Swagger):  {base}/          (OpenAPI spec: {base}/docs.json)
     Metrics:             {base}/metrics
     Health:              {base}/livez  {base}/readyz
     Try it (a real MNIST test digit, a 7):

@@ -206,6 +206,20 @@ def test_predict_answers_with_the_champion(ws, server):
     assert correct / len(x) >= 0.5
 
 
+def test_docs_metrics_and_health_are_served(server):
+    assert requests.get(f"{server}/livez", timeout=10).status_code == 200
+    assert requests.get(f"{server}/", timeout=10).status_code == 200  # Swagger UI
+    spec = requests.get(f"{server}/docs.json", timeout=10).json()
+    assert "/predict" in spec["paths"]
+    requests.post(f"{server}/predict", json={"image": [[0] * 28] * 28}, timeout=30)
+    metrics = requests.get(f"{server}/metrics", timeout=10).text
+    assert re.search(
+        r'bentoml_service_request_total\{endpoint="/predict",'
+        r'http_response_code="200"[^}]*\} [1-9]',
+        metrics,
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "fragment"),
     [
