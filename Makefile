@@ -10,6 +10,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 STAMP := $(VENV)/.installed
+PIP_VERSION := 25.3
 
 # Stage commands in dvc.yaml say `python`: make it the project's venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -31,6 +32,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@echo "==> setting up $(VENV) from requirements.lock (first time: a few minutes, ~3 GB)"
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@

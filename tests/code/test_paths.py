@@ -1,0 +1,30 @@
+"""Stores are anchored at the real repository root, also inside DVC's temp experiments."""
+
+from __future__ import annotations
+
+from pipelines import paths
+
+
+def test_repo_root_is_the_folder_with_dvc_yaml(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "pipelines").mkdir()
+    assert paths.repo_root(tmp_path / "pipelines") == tmp_path
+
+
+def test_temp_experiments_use_the_owning_repo(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    exp = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    exp.mkdir(parents=True)
+    (exp / "dvc.yaml").write_text("stages: {}\n")
+    assert paths.repo_root(exp) == tmp_path
+
+
+def test_tracking_uri_defaults_to_sqlite_at_the_root(monkeypatch, tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert paths.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert paths.artifact_root() == (tmp_path / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert paths.tracking_uri() == "http://mlflow.internal:5000"
