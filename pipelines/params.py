@@ -65,6 +65,11 @@ class Train(_Strict):
     verbose: Literal[0, 1, 2] = 2
 
 
+class Evaluate(_Strict):
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    gallery_size: Annotated[int, Field(ge=1, le=400)] = 100
+
+
 class Register(_Strict):
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
@@ -83,6 +88,7 @@ with warnings.catch_warnings():
         data: Data
         prepare: Prepare
         train: Train
+        evaluate: Evaluate = Evaluate()
         register: Register
         mlflow: Mlflow
 
