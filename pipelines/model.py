@@ -1,5 +1,9 @@
-"""The CNN, built from params.yaml. It takes raw uint8 pixels: scaling lives inside the model,
-so training, evaluation and every serving path feed it the same thing."""
+"""The CNN, built from params.yaml.
+
+The served model takes raw uint8 pixels: scaling lives inside it, so training, evaluation and
+every serving path feed it the same thing. Augmentation layers sit only in the *training* model,
+which shares every weight with the served one, so serving is untouched by them.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +13,160 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 
 import keras
 
-from pipelines.params import Train
+from pipelines.params import Augment, Train
 
 INPUT_SHAPE = (28, 28, 1)
 
 
-def build(cfg: Train, steps_per_epoch: int) -> keras.Model:
-    """Blocks of Conv3×3 (+BatchNorm) then MaxPool, then Dense + Dropout, softmax over 10."""
-    inputs = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+def _core_layers(cfg: Train) -> list[keras.layers.Layer]:
+    """Scale; blocks of 3×3 convs, each closed by a 2×2 max-pool or 5×5 stride-2 conv; dense."""
+    layers: list[keras.layers.Layer] = [keras.layers.Rescaling(1.0 / 255.0, name="scale")]
+
+    def conv(filters: int, size: int, stride: int, padding: str, name: str) -> None:
+        layers.append(
+            keras.layers.Conv2D(
+                filters,
+                size,
+                strides=stride,
+                padding=padding,
+                use_bias=not cfg.batch_norm,
+                name=name,
+            )
+        )
+        if cfg.batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"bn_{name}"))
+        layers.append(keras.layers.Activation("relu", name=f"relu_{name}"))
+
     for b, filters in enumerate(cfg.conv_filters, start=1):
         for c in range(1, cfg.convs_per_block + 1):
-            x = keras.layers.Conv2D(
-                filters, 3, padding="same", use_bias=not cfg.batch_norm, name=f"conv{b}_{c}"
-            )(x)
-            if cfg.batch_norm:
-                x = keras.layers.BatchNormalization(name=f"bn{b}_{c}")(x)
-            x = keras.layers.Activation("relu", name=f"relu{b}_{c}")(x)
-        x = keras.layers.MaxPooling2D(name=f"pool{b}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dropout(cfg.dropout, name="dropout1")(x)
-    x = keras.layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
-    x = keras.layers.Dropout(cfg.dropout, name="dropout2")(x)
-    outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="digit_cnn")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(cfg, steps_per_epoch)),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+            conv(filters, 3, 1, cfg.padding, f"conv{b}_{c}")
+        if cfg.downsample == "pool":
+            layers.append(keras.layers.MaxPooling2D(name=f"pool{b}"))
+        else:
+            conv(filters, 5, 2, "same", f"down{b}")
+        if cfg.block_dropout:
+            layers.append(keras.layers.Dropout(cfg.block_dropout, name=f"dropout_block{b}"))
+    layers.append(keras.layers.Flatten(name="flatten"))
+    if cfg.dense_units:
+        layers.append(
+            keras.layers.Dense(cfg.dense_units, use_bias=not cfg.batch_norm, name="dense")
+        )
+        if cfg.batch_norm:
+            layers.append(keras.layers.BatchNormalization(name="bn_dense"))
+        layers.append(keras.layers.Activation("relu", name="relu_dense"))
+    if cfg.dropout:
+        layers.append(keras.layers.Dropout(cfg.dropout, name="dropout"))
+    layers.append(keras.layers.Dense(10, activation="softmax", name="probabilities"))
+    return layers
+
+
+def augmentation(aug: Augment, seed: int) -> list[keras.layers.Layer]:
+    """Keras' random preprocessing layers: active in fit(), identity at inference."""
+    layers: list[keras.layers.Layer] = []
+    if aug.rotation_degrees:
+        layers.append(
+            keras.layers.RandomRotation(
+                aug.rotation_degrees / 360.0, fill_mode="constant", seed=seed, name="aug_rotate"
+            )
+        )
+    if aug.zoom:
+        layers.append(
+            keras.layers.RandomZoom(aug.zoom, fill_mode="constant", seed=seed + 1, name="aug_zoom")
+        )
+    if aug.translation:
+        layers.append(
+            keras.layers.RandomTranslation(
+                aug.translation,
+                aug.translation,
+                fill_mode="constant",
+                seed=seed + 2,
+                name="aug_translate",
+            )
+        )
+    return layers
+
+
+def build(cfg: Train, seed: int = 0) -> tuple[keras.Model, keras.Model]:
+    """(served model, training model): the same weights, augmentation only in the second."""
+    core = _core_layers(cfg)
+    served_in = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="pixels")
+    train_in = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="pixels")
+    x, t = served_in, keras.layers.Rescaling(1.0, name="as_float")(train_in)
+    for layer in augmentation(cfg.augment, seed):
+        t = layer(t)
+    for layer in core:
+        x, t = layer(x), layer(t)
+    return keras.Model(served_in, x, name="digit_cnn"), keras.Model(train_in, t, name="trainer")
 
 
 def learning_rate(
     cfg: Train, steps_per_epoch: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """Constant, or cosine decay to zero over the whole run (a cheap, reliable final-epoch gain)."""
-    if cfg.lr_schedule == "constant":
+    """Constant, exponential decay per epoch, or cosine decay to zero; after a linear warm-up."""
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    if cfg.lr_schedule == "constant" and not warmup:
         return cfg.learning_rate
-    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps_per_epoch)
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else cfg.learning_rate,
+            total - warmup,
+            warmup_target=cfg.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    return _WarmupExponential(
+        cfg.learning_rate,
+        warmup,
+        steps_per_epoch,
+        cfg.lr_decay if cfg.lr_schedule == "exponential" else 1.0,
+    )
+
+
+@keras.saving.register_keras_serializable(package="digit_mlops")
+class _WarmupExponential(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then peak × decay^epoch (Deotte's 0.95 per epoch)."""
+
+    def __init__(self, peak: float, warmup_steps: int, steps_per_epoch: int, decay: float):
+        self.peak, self.warmup_steps = peak, warmup_steps
+        self.steps_per_epoch, self.decay = steps_per_epoch, decay
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1)
+        epochs_after = keras.ops.floor((step - self.warmup_steps) / self.steps_per_epoch)
+        decayed = self.peak * keras.ops.power(self.decay, keras.ops.maximum(epochs_after, 0.0))
+        return keras.ops.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self) -> dict:
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "decay": self.decay,
+        }
+
+
+def compile_for_training(trainer: keras.Model, cfg: Train, steps_per_epoch: int) -> None:
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate(cfg, steps_per_epoch), use_ema=cfg.ema, ema_momentum=cfg.ema_momentum
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def forward_macs(model: keras.Model) -> int:
+    """Multiply-adds of one image's forward pass through the conv and dense layers.
+
+    BatchNorm, activations and pooling are left out: they are a rounding error beside the convs
+    (and BatchNorm folds into the conv at inference).
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * kh * kw * layer.input.shape[-1] * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return int(total)

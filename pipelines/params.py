@@ -52,17 +52,41 @@ class Prepare(_Strict):
     max_class_fraction: Fraction
 
 
+class Augment(_Strict):
+    """Random distortions applied while training only (0 switches one off)."""
+
+    rotation_degrees: Annotated[float, Field(ge=0.0, le=45.0)] = 0.0
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    translation: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
+
+
 class Train(_Strict):
     epochs: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]
     learning_rate: Annotated[float, Field(gt=0.0)]
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "cosine"
+    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    ema: bool = False
+    ema_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0
     conv_filters: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)]
     convs_per_block: Annotated[int, Field(ge=1, le=3)] = 1
+    padding: Literal["same", "valid"] = "same"
+    downsample: Literal["pool", "conv"] = "pool"
     batch_norm: bool = False
-    dense_units: Annotated[int, Field(ge=1)]
+    block_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    dense_units: Annotated[int, Field(ge=0)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    augment: Augment = Augment()
     verbose: Literal[0, 1, 2] = 2
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Train:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError("train.warmup_epochs must be smaller than train.epochs")
+        return self
 
 
 class Evaluate(_Strict):

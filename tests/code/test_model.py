@@ -1,0 +1,75 @@
+"""The model builder: compute accounting, shared weights, augmentation placement, LR schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines import model as m
+from pipelines.params import ParamsError, load, parse
+from tests.helpers import REPO, merge
+
+
+def _cfg(**train):
+    raw = load(REPO / "params.yaml").model_dump()
+    return parse(merge(raw, {"train": train})).train
+
+
+def test_forward_macs_by_hand():
+    cfg = _cfg(conv_filters=[2], convs_per_block=1, padding="valid", downsample="pool",
+               dense_units=0, dropout=0.0)
+    served, _ = m.build(cfg)
+    conv = 26 * 26 * 3 * 3 * 1 * 2  # 26×26 outputs, 3×3 kernel, 1 → 2 channels
+    dense = 13 * 13 * 2 * 10  # flattened 13×13×2 features → 10 classes
+    assert m.forward_macs(served) == conv + dense
+
+
+def test_deotte_architecture_matches_its_published_size():
+    # 32C3-32C3-32C5S2 → 64C3-64C3-64C5S2 → 128 → 10 with BatchNorm: about 327k parameters.
+    cfg = _cfg(conv_filters=[32, 64], convs_per_block=2, padding="valid", downsample="conv",
+               batch_norm=True, block_dropout=0.4, dense_units=128, dropout=0.4)
+    served, _ = m.build(cfg)
+    assert served.count_params() == 326_826
+    assert m.forward_macs(served) == 15_162_752
+
+
+def test_augmentation_only_in_the_training_model_and_weights_shared():
+    cfg = _cfg(augment={"rotation_degrees": 10.0, "zoom": 0.1, "translation": 0.1})
+    served, trainer = m.build(cfg, seed=1)
+    assert not any(layer.name.startswith("aug_") for layer in served.layers)
+    assert {"aug_rotate", "aug_zoom", "aug_translate"} <= {layer.name for layer in trainer.layers}
+    assert served.count_params() == trainer.count_params()
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype(np.uint8)
+    # At inference the augmentation is the identity: both models give the same answer.
+    np.testing.assert_allclose(served.predict(x, verbose=0), trainer.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _lr(schedule, step: int) -> float:
+    return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+def test_cosine_with_warmup_rises_then_decays_to_zero():
+    cfg = _cfg(epochs=10, learning_rate=0.002, lr_schedule="cosine", warmup_epochs=2)
+    sched = m.learning_rate(cfg, steps_per_epoch=100)
+    assert _lr(sched, 0) == pytest.approx(0.0, abs=1e-4)
+    assert _lr(sched, 200) == pytest.approx(0.002, rel=1e-3)
+    assert _lr(sched, 600) < _lr(sched, 400) < 0.002
+    assert _lr(sched, 1000) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_exponential_decays_per_epoch():
+    cfg = _cfg(epochs=10, learning_rate=0.001, lr_schedule="exponential", lr_decay=0.95)
+    sched = m.learning_rate(cfg, steps_per_epoch=100)
+    assert _lr(sched, 0) == pytest.approx(0.001)
+    assert _lr(sched, 99) == pytest.approx(0.001)
+    assert _lr(sched, 300) == pytest.approx(0.001 * 0.95**3, rel=1e-5)
+
+
+def test_constant_without_warmup_is_a_plain_number():
+    assert m.learning_rate(_cfg(lr_schedule="constant", learning_rate=0.01), 10) == 0.01
+
+
+def test_warmup_longer_than_training_is_refused():
+    with pytest.raises(ParamsError, match="warmup_epochs must be smaller"):
+        _cfg(epochs=3, warmup_epochs=3)
