@@ -1,7 +1,9 @@
-"""Stage 4, evaluate: score the trained model on the official 10k test set, and log the model.
+"""Stage 4, evaluate: score the trained model on the official 10k test set, export it, log it.
 
-Only the test split is used here, and only here; the numbers land in metrics/eval.json (for
-`dvc metrics`), the confusion plot in plots/ (for `dvc plots`), and the same MLflow run as train.
+Only the test split is used here, and only here: accuracy and per-class scores, accuracy on slices
+of hard images, calibration (ECE, reliability), and the agreement of the SavedModel and TFLite
+exports with the Keras model. The numbers land in metrics/eval.json (for `dvc metrics`), the plots
+in plots/ (for `dvc plots`), and everything in the same MLflow run as train.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 import keras
 import mlflow
 import numpy as np
+from matplotlib.figure import Figure
 from mlflow.models import Model, infer_signature
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
 
+from pipelines import analysis
 from pipelines.atomic import atomic_path, write_json
 from pipelines.data import load_split
+from pipelines.export import SAVED_MODEL, TFLITE, export_all
 from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
@@ -31,6 +36,8 @@ from pipelines.train import MODEL, RUN_INFO
 METRICS = Path("metrics/eval.json")
 CONFUSION = Path("plots/confusion.csv")
 LOGGED_MODEL = Path("models/logged_model.json")
+RELIABILITY = Path("plots/reliability.csv")
+GALLERY = Path("plots/misclassified.png")
 
 
 def scores(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -82,41 +89,97 @@ def log_model(net: keras.Model, example: np.ndarray) -> str:
     return info.model_uri
 
 
-def main() -> None:
-    p = start("evaluate")
+def write_reliability_csv(target: Path, table: list[dict]) -> None:
+    """The non-empty calibration bins, for `dvc plots` (x: mean confidence, y: accuracy)."""
+    lines = ["bin,lower,upper,count,confidence,accuracy"]
+    lines += [
+        f"{b},{r['lower']:.6f},{r['upper']:.6f},{r['count']},{r['confidence']:.6f},"
+        f"{r['accuracy']:.6f}"
+        for b, r in enumerate(table)
+        if r["count"]
+    ]
+    with atomic_path(target) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def save_figure(fig: Figure, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def log_run(
+    run_id: str, result: dict, figures: dict[str, Figure], net: keras.Model, example: np.ndarray
+) -> str:
+    """Log metrics, figures, slices and exports to the train stage's run; return the model URI."""
     ws = workspace()
-    x_test, y_test = load_split("test")
-    net = keras.saving.load_model(ws / MODEL)
-    probs = net.predict(x_test, batch_size=1000, verbose=0)
-    result = scores(y_test.astype(np.int64), probs)
-
-    with atomic_path(ws / CONFUSION) as tmp:
-        rows = np.column_stack([y_test, probs.argmax(axis=1)])
-        np.savetxt(tmp, rows, fmt="%d", delimiter=",", header="actual,predicted", comments="")
-
-    connect(p.mlflow.experiment)
-    run_id = read_json(ws / RUN_INFO)["run_id"]
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {
                 "test_accuracy": result["accuracy"],
                 "test_loss": result["loss"],
                 "test_macro_f1": result["macro_f1"],
+                "test_ece": result["ece"],
             }
         )
         mlflow.log_metrics({f"test_f1_digit_{d}": v["f1"] for d, v in result["per_class"].items()})
-        display = ConfusionMatrixDisplay.from_predictions(
-            y_test, probs.argmax(axis=1), labels=list(range(10))
+        mlflow.log_metrics(
+            {f"test_slice_{name}_accuracy": s["accuracy"] for name, s in result["slices"].items()}
         )
-        display.ax_.set_title(f"MNIST test set: accuracy {result['accuracy']:.2%}")
-        mlflow.log_figure(display.figure_, "plots/confusion_matrix.png")
+        mlflow.log_metrics(
+            {f"export_agreement_{k}": v for k, v in result["export_agreement"].items()}
+        )
+        for name, fig in figures.items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        mlflow.log_dict(
+            {"slices": result["slices"], "thresholds": result["slice_thresholds"]},
+            "metrics/slices.json",
+        )
         mlflow.log_dict(result, "metrics/eval.json")
-        model_uri = log_model(net, x_test[:1])
+        mlflow.log_artifacts(str(ws / SAVED_MODEL), artifact_path="export/saved_model")
+        mlflow.log_artifact(str(ws / TFLITE), artifact_path="export")
+        return log_model(net, example)
+
+
+def main() -> None:
+    p = start("evaluate")
+    ws = workspace()
+    x_test, y_test = load_split("test")
+    net = keras.saving.load_model(ws / MODEL)
+    probs = net.predict(x_test, batch_size=1000, verbose=0)
+    y_true, y_pred = y_test.astype(np.int64), probs.argmax(axis=1)
+    result = scores(y_true, probs)
+    table = analysis.reliability_table(
+        probs.max(axis=1), y_pred == y_true, p.evaluate.calibration_bins
+    )
+    result["ece"] = analysis.expected_calibration_error(table)
+    result["slices"], result["slice_thresholds"] = analysis.slice_accuracy(x_test, y_true, y_pred)
+    result["export_agreement"] = export_all(net, x_test, y_pred, ws)
+
+    with atomic_path(ws / CONFUSION) as tmp:
+        rows = np.column_stack([y_test, y_pred])
+        np.savetxt(tmp, rows, fmt="%d", delimiter=",", header="actual,predicted", comments="")
+    write_reliability_csv(ws / RELIABILITY, table)
+    gallery, _ = analysis.gallery_figure(x_test, y_true, y_pred, p.evaluate.gallery_size)
+    save_figure(gallery, ws / GALLERY)
+    display = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(10)))
+    display.ax_.set_title(f"MNIST test set: accuracy {result['accuracy']:.2%}")
+    figures = {
+        "confusion_matrix.png": display.figure_,
+        "reliability_diagram.png": analysis.reliability_figure(table, result["ece"]),
+        "misclassified.png": gallery,
+    }
+
+    connect(p.mlflow.experiment)
+    run_id = read_json(ws / RUN_INFO)["run_id"]
+    model_uri = log_run(run_id, result, figures, net, x_test[:1])
     write_json(ws / METRICS, result)
     write_json(ws / LOGGED_MODEL, {"model_uri": model_uri, "run_id": run_id})
+    agree = result["export_agreement"]
     print(
-        f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
-        f"on {result['n_test']} images; logged {model_uri}",
+        f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
+        f"ECE {result['ece']:.4f} on {result['n_test']} images; exports agree with Keras on "
+        f"{agree['saved_model']:.2%} (SavedModel), {agree['tflite']:.2%} (TFLite); "
+        f"logged {model_uri}",
         file=sys.stderr,
     )
 

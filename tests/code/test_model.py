@@ -16,8 +16,14 @@ def _cfg(**train):
 
 
 def test_forward_macs_by_hand():
-    cfg = _cfg(conv_filters=[2], convs_per_block=1, padding="valid", downsample="pool",
-               dense_units=0, dropout=0.0)
+    cfg = _cfg(
+        conv_filters=[2],
+        convs_per_block=1,
+        padding="valid",
+        downsample="pool",
+        dense_units=0,
+        dropout=0.0,
+    )
     served, _ = m.build(cfg)
     conv = 26 * 26 * 3 * 3 * 1 * 2  # 26×26 outputs, 3×3 kernel, 1 → 2 channels
     dense = 13 * 13 * 2 * 10  # flattened 13×13×2 features → 10 classes
@@ -26,8 +32,16 @@ def test_forward_macs_by_hand():
 
 def test_deotte_architecture_matches_its_published_size():
     # 32C3-32C3-32C5S2 → 64C3-64C3-64C5S2 → 128 → 10 with BatchNorm: about 327k parameters.
-    cfg = _cfg(conv_filters=[32, 64], convs_per_block=2, padding="valid", downsample="conv",
-               batch_norm=True, block_dropout=0.4, dense_units=128, dropout=0.4)
+    cfg = _cfg(
+        conv_filters=[32, 64],
+        convs_per_block=2,
+        padding="valid",
+        downsample="conv",
+        batch_norm=True,
+        block_dropout=0.4,
+        dense_units=128,
+        dropout=0.4,
+    )
     served, _ = m.build(cfg)
     assert served.count_params() == 326_826
     assert m.forward_macs(served) == 15_162_752
@@ -41,8 +55,9 @@ def test_augmentation_only_in_the_training_model_and_weights_shared():
     assert served.count_params() == trainer.count_params()
     x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype(np.uint8)
     # At inference the augmentation is the identity: both models give the same answer.
-    np.testing.assert_allclose(served.predict(x, verbose=0), trainer.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        served.predict(x, verbose=0), trainer.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def _lr(schedule, step: int) -> float:

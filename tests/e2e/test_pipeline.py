@@ -68,7 +68,11 @@ def test_repro_builds_every_stage(ws):
         "metrics/train.json",
         "metrics/eval.json",
         "plots/confusion.csv",
+        "plots/reliability.csv",
+        "plots/misclassified.png",
         "plots/train/history.csv",
+        "models/export/model.tflite",
+        "models/export/saved_model/saved_model.pb",
         "reports/register.json",
     ]:
         assert (d / path).is_file(), path
@@ -85,8 +89,43 @@ def test_repro_builds_every_stage(ws):
     run([str(BIN / "dvc"), "plots", "show", "-o", "plots_html"], d, ws["env"])
     html = (d / "plots_html" / "index.html").read_text()
     assert "Confusion matrix" in html and "Training curves" in html
+    assert "Reliability (official test set)" in html
+    assert list((d / "plots_html" / "static").glob("*misclassified.png"))  # the image plot
     # Record the starting point for the later tests.
     commit(d, ws["env"], "first model")
+
+
+def test_evaluate_reports_slices_calibration_and_exports(ws):
+    d = ws["dir"]
+    evaluation = json.loads((d / "metrics/eval.json").read_text())
+    assert 0.0 <= evaluation["ece"] <= 1.0
+    assert set(evaluation["slices"]) == {"thin", "thick", "small", "large", "off_centre"}
+    for name, s in evaluation["slices"].items():
+        assert 0.0 <= s["accuracy"] <= 1.0 and s["n"] >= 1, name
+    assert evaluation["slices"]["off_centre"]["n"] >= 20  # the top decile of 200
+    thresholds = evaluation["slice_thresholds"]
+    assert thresholds["ink_area_q25"] < thresholds["ink_area_q75"]
+    assert evaluation["export_agreement"]["saved_model"] == 1.0
+    assert evaluation["export_agreement"]["tflite"] >= 0.99
+
+    rows = (d / "plots/reliability.csv").read_text().splitlines()
+    assert rows[0] == "bin,lower,upper,count,confidence,accuracy"
+    assert sum(int(r.split(",")[3]) for r in rows[1:]) == evaluation["n_test"]
+    assert (d / "plots/misclassified.png").read_bytes()[:4] == b"\x89PNG"
+
+    c = client(ws)
+    run_id = json.loads((d / "models/mlflow_run.json").read_text())["run_id"]
+    metrics = c.get_run(run_id).data.metrics
+    assert metrics["test_ece"] == pytest.approx(evaluation["ece"])
+    for name, s in evaluation["slices"].items():
+        assert metrics[f"test_slice_{name}_accuracy"] == pytest.approx(s["accuracy"])
+    plots = {a.path for a in c.list_artifacts(run_id, "plots")}
+    assert {"plots/reliability_diagram.png", "plots/misclassified.png"} <= plots
+    assert "metrics/slices.json" in {a.path for a in c.list_artifacts(run_id, "metrics")}
+    exported = {a.path for a in c.list_artifacts(run_id, "export")}
+    assert {"export/model.tflite", "export/saved_model"} <= exported
+    saved = {a.path for a in c.list_artifacts(run_id, "export/saved_model")}
+    assert "export/saved_model/saved_model.pb" in saved
 
 
 def test_registry_holds_champion_with_lineage(ws):
