@@ -93,6 +93,8 @@ def test_repro_builds_every_stage(ws):
     assert list((d / "plots_html" / "static").glob("*misclassified.png"))  # the image plot
     # Record the starting point for the later tests.
     commit(d, ws["env"], "first model")
+    ws["first_eval"] = evaluation
+    ws["first_train"] = train
 
 
 def test_evaluate_reports_slices_calibration_and_exports(ws):
@@ -311,3 +313,16 @@ def test_bento_build_contains_the_model(ws):
     run_id = client(ws).get_model_version(MODEL, "1").run_id
     assert f"./models/{MODEL}/v1-{run_id[:8]}/model.keras" in names
     assert "./src/service/service.py" in names and "./src/params.yaml" in names
+
+
+def test_same_params_give_identical_metrics(ws, tmp_path):
+    """A second, independent workspace with the same params trains the very same model."""
+    env = isolated_env(tmp_path)
+    again = make_workspace(tmp_path / "project", env)
+    run([str(BIN / "dvc"), "repro", "evaluate"], again, env)
+    evaluation = json.loads((again / "metrics/eval.json").read_text())
+    train = json.loads((again / "metrics/train.json").read_text())
+    for key in ("accuracy", "loss", "per_class", "ece", "slices"):
+        assert evaluation[key] == ws["first_eval"][key], key
+    for key in ("train_loss", "val_accuracy", "val_loss_last_epoch", "train_compute_macs"):
+        assert train[key] == ws["first_train"][key], key
