@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.paths import repo_root
+from pipelines.paths import workspace
 
 
 class ParamsError(ValueError):
@@ -139,8 +139,8 @@ def parse(raw: object, source: str = "params.yaml") -> Params:
 
 
 def load(path: Path | None = None) -> Params:
-    """Read and validate params.yaml (by default the one at the repository root)."""
-    path = path or repo_root() / "params.yaml"
+    """Read and validate params.yaml (by default the stage workspace's, as `dvc exp -S` set it)."""
+    path = path or workspace() / "params.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

@@ -1,7 +1,9 @@
-"""Where things live, anchored at the real repository root.
+"""Where things live: the stage's workspace, and the repository root that owns the stores.
 
-`dvc exp run --temp` and queued experiments run stages in a copy under `.dvc/tmp/exps/`; anchoring
-the MLflow store at the real root keeps every experiment in the one store the user browses.
+The two differ inside `dvc exp run --temp` and queued experiments: DVC runs the stages in a copy
+under `.dvc/tmp/exps/` (the workspace: params, data, outputs) and points DVC_ROOT at the real
+repository (the root: the MLflow store). Anchoring the store at the root keeps every experiment in
+the one store the user browses.
 """
 
 from __future__ import annotations
@@ -12,9 +14,24 @@ from pathlib import Path
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _nearest_dvc_project(start: Path) -> Path | None:
+    for parent in (start, *start.parents):
+        if (parent / "dvc.yaml").is_file():
+            return parent
+    return None
+
+
+def workspace(start: Path | None = None) -> Path:
+    """The folder the stage runs in: params.yaml, data/, models/ and metrics/ live here."""
+    return _nearest_dvc_project((start or Path.cwd()).resolve()) or _PACKAGE_ROOT
+
+
 def repo_root(start: Path | None = None) -> Path:
-    """The project root; inside a DVC temp experiment, the root of the repo that owns it."""
-    here = (start or Path(os.environ.get("DVC_ROOT") or Path.cwd())).resolve()
+    """The repository that owns the stores: DVC_ROOT when DVC says so, else the workspace, except
+    inside a temp experiment's folder, where it is the repository above `.dvc/tmp/exps`."""
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = workspace(start)
     for parent in (here, *here.parents):
         if (
             parent.name == "exps"
@@ -22,19 +39,7 @@ def repo_root(start: Path | None = None) -> Path:
             and parent.parent.parent.name == ".dvc"
         ):
             return parent.parent.parent.parent
-    for parent in (here, *here.parents):
-        if (parent / "dvc.yaml").is_file() or (parent / "params.yaml").is_file():
-            return parent
-    return _PACKAGE_ROOT
-
-
-def workspace() -> Path:
-    """The folder the stage runs in (differs from repo_root() only inside a temp experiment)."""
-    here = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    for parent in (here, *here.parents):
-        if (parent / "dvc.yaml").is_file():
-            return parent
-    return _PACKAGE_ROOT
+    return here
 
 
 def tracking_uri() -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from pipelines.paths import artifact_root, repo_root, tracking_uri
+from pipelines.paths import artifact_root, tracking_uri, workspace
 
 
 def connect(experiment: str) -> str:
@@ -33,7 +33,7 @@ def connect(experiment: str) -> str:
 
 def git_commit() -> str:
     """The commit the code came from, with '-dirty' when uncommitted changes were in play."""
-    root = repo_root()
+    root = workspace()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

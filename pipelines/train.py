@@ -6,6 +6,7 @@ the training compute (epochs run × training images × forward multiply-adds per
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def main() -> None:
                 "git_commit": git_commit(),
                 "dvc_stage": "train",
                 "data_hash": data_hash([x_tr, y_tr, x_val, y_val, *load_split("test")]),
+                "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
             }
         )
         mlflow.log_params(flatten(p.model_dump()))

@@ -28,3 +28,17 @@ def test_tracking_uri_defaults_to_sqlite_at_the_root(monkeypatch, tmp_path):
     assert paths.artifact_root() == (tmp_path / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert paths.tracking_uri() == "http://mlflow.internal:5000"
+
+
+def test_dvc_root_names_the_store_but_not_the_workspace(monkeypatch, tmp_path):
+    # What `dvc exp run --temp` does: run in a copy, with DVC_ROOT pointing at the real repo.
+    real, copy = tmp_path / "repo", tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpxyz"
+    copy.mkdir(parents=True)
+    for d in (real, copy):
+        (d / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(real))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert paths.workspace() == copy  # params, data and outputs: the experiment's own
+    assert paths.repo_root() == real  # the MLflow store: the one the user browses
+    assert paths.tracking_uri() == f"sqlite:///{real / 'mlflow.db'}"
