@@ -23,7 +23,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: help venv repro package serve run build test test-fast lint format mlflow-ui lock clean
+.PHONY: help venv repro package serve run build bench test test-fast lint format mlflow-ui lock clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ run: repro package serve ## the whole path: venv, dvc repro, package, serve
 
 build: package ## build a Bento (service + champion) with bentofile.yaml
 	$(BIN)/bentoml build
+
+bench: package ## measure the served champion (vs mlflow serve) → bench/RESULTS.md
+	@scripts/apt-ensure wrk:wrk
+	@echo "==> benchmark: $${BENCH_DURATION:-10} s per setting (knobs: bench/run.py docstring)"
+	$(BIN)/python -m bench.run
 
 test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
 	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"

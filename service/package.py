@@ -57,6 +57,7 @@ def package(name: str) -> bentoml.Model:
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=tmp)
         net = mlflow.keras.load_model(local)
+        run = client.get_run(mv.run_id).data
         metadata = {
             "registered_model": name,
             "mlflow_version": str(mv.version),
@@ -65,6 +66,10 @@ def package(name: str) -> bentoml.Model:
             "git_commit": mv.tags.get("git_commit", "unknown"),
             "data_hash": mv.tags.get("data_hash", "unknown"),
             "source": f"models:/{name}@champion",
+            "train_wall_time_s": run.metrics.get("train_wall_time_s"),
+            "train_compute_macs": run.metrics.get("train_compute_macs"),
+            "ece": run.metrics.get("test_ece"),
+            "params": {k: v for k, v in sorted(run.params.items()) if k.startswith("train.")},
         }
         with bentoml.models.create(
             tag, module="keras", metadata=metadata, labels={"alias": "champion"}

@@ -1,26 +1,66 @@
 """The digit classifier service: the registry's champion behind HTTP.
 
 Loads the packaged model once per worker and never talks to MLflow at request time; every reply
-says which registry version answered it.
+says which registry version answered it. All image paths go through `service.preprocess` (the MNIST
+procedure), all model calls through one `MicroBatcher`, all refusals through `_refuse` (a 4xx with a
+message saying what to fix, counted by reason) or the `Guard` middleware.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
-from bentoml.validators import Shape
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
 from pipelines.params import load as load_params
+from service import metrics
+from service.batcher import MicroBatcher, Overloaded
+from service.guard import Guard
+from service.preprocess import Limits, Rejected, from_data_url, from_image_bytes, pixels
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
 
 MODEL_TAG = os.environ.get("DIGIT_MODEL_TAG") or f"{load_params().register.model_name}:latest"
-TF_THREADS = int(os.environ.get("DIGIT_TF_THREADS", "2"))
+WORKERS = _env_int("DIGIT_WORKERS", 1)
+TF_THREADS = _env_int("DIGIT_TF_THREADS", max(1, (os.cpu_count() or 2) // WORKERS))
+MAX_BODY_BYTES = _env_int("DIGIT_MAX_BODY_BYTES", 8 * 1024 * 1024)
+MAX_QUEUE = _env_int("DIGIT_MAX_QUEUE", 4096)
+MODEL_BATCH = _env_int("DIGIT_MODEL_BATCH", 256)
+ACCESS_LOG = os.environ.get("DIGIT_ACCESS_LOG", "1") != "0"
+LIMITS = Limits(
+    max_bytes=_env_int("DIGIT_MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
+    max_pixels=_env_int("DIGIT_MAX_PIXELS", 40_000_000),
+    max_batch=_env_int("DIGIT_MAX_BATCH", 1024),
+)
+RETRY_AFTER_S = 1
+
+Scale = Literal["0-255", "0-1"]
+Grid = list[list[float]]
+SCALE_DOC = "'0-255' (default): pixel values 0-255; '0-1': floats 0-1 (multiplied by 255)"
+
+HINTS = {
+    "/predict": 'Send JSON {"image": <28 lists of 28 numbers 0-255, white ink on black>}.',
+    "/predict_batch": 'Send JSON {"images": [<28×28 array>, ...]} with at most '
+    f"{LIMITS.max_batch} images.",
+    "/predict_npy": "Send multipart/form-data with a file field 'array' holding np.save() of "
+    f"uint8 (n, 28, 28), n ≤ {LIMITS.max_batch}.",
+    "/predict_image": "Send multipart/form-data with a file field 'image' (PNG, JPEG, WebP, GIF, "
+    "BMP or TIFF).",
+    "/predict_canvas": 'Send JSON {"data_url": "data:image/png;base64,..."} as '
+    "canvas.toDataURL() gives it.",
+}
 
 
 class Prediction(BaseModel):
@@ -30,29 +70,48 @@ class Prediction(BaseModel):
     model_version: str = Field(description="The MLflow registry version that answered")
 
 
-def check_pixels(image: np.ndarray) -> np.ndarray:
-    """A 28×28 grid of whole or fractional values 0-255 → uint8 (1, 28, 28, 1), or a clear 400."""
-    try:
-        pixels = np.asarray(image, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidArgument("image must be a 28×28 array of numbers 0-255") from None
-    if pixels.shape != (28, 28):
-        raise InvalidArgument(f"image must be 28 rows of 28 pixel values, got shape {pixels.shape}")
-    if not np.all(np.isfinite(pixels)):
-        raise InvalidArgument("image contains NaN or infinite values: send numbers 0-255")
-    if pixels.min() < 0 or pixels.max() > 255:
-        raise InvalidArgument(
-            f"pixel values must lie in 0-255 (white ink on black), got {pixels.min():g}.."
-            f"{pixels.max():g}"
-        )
-    return np.round(pixels).astype(np.uint8)[None, :, :, None]
+class SeenPrediction(Prediction):
+    seen: list[list[int]] = Field(
+        description="The 28×28 pixels (0-255, white ink on black) the model saw after preprocessing"
+    )
 
 
+class BatchItem(BaseModel):
+    digit: int
+    confidence: float
+    probabilities: list[float]
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[BatchItem] = Field(description="One result per image, in order")
+    model_version: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(description="MLflow registry version")
+    run_id: str
+    bento_tag: str
+    test_accuracy: float
+    train_wall_time_s: float | None
+    train_compute_macs: float | None
+    ece: float | None
+    git_commit: str
+    data_hash: str
+    params: dict[str, str] = Field(description="The training params (params.yaml's train.*)")
+
+
+# GET routes (BentoML APIs are POST-only): a FastAPI app mounted beside them, views on the class.
+info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.asgi_app(info_app, path="/")
 @bentoml.service(
     name="digit_classifier",
-    workers=1,
-    resources={"cpu": str(TF_THREADS)},
+    workers=WORKERS,
+    resources={"cpu": str(TF_THREADS * WORKERS)},
     traffic={"timeout": 30},
+    logging={"access": {"enabled": ACCESS_LOG}},
 )
 class DigitClassifier:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
@@ -67,24 +126,183 @@ class DigitClassifier:
 
         stored = self.model_ref
         self.model = keras.saving.load_model(stored.path_of("model.keras"), compile=False)
-        self.info = dict(stored.info.metadata)
-        self.version = str(self.info["mlflow_version"])
-        self.model(np.zeros((1, 28, 28, 1), np.uint8), training=False)  # build graphs now
+        meta = dict(stored.info.metadata)
+        self.version = str(meta["mlflow_version"])
+        self.info = ModelInfo(
+            name=str(meta.get("registered_model", stored.tag.name)),
+            version=self.version,
+            run_id=str(meta.get("run_id", "")),
+            bento_tag=str(stored.tag),
+            test_accuracy=float(meta.get("test_accuracy", "nan")),
+            train_wall_time_s=meta.get("train_wall_time_s"),
+            train_compute_macs=meta.get("train_compute_macs"),
+            ece=meta.get("ece"),
+            git_commit=str(meta.get("git_commit", "unknown")),
+            data_hash=str(meta.get("data_hash", "unknown")),
+            params={str(k): str(v) for k, v in (meta.get("params") or {}).items()},
+        )
+        metrics.MODEL_INFO.labels(
+            self.info.name, self.version, self.info.run_id, self.info.bento_tag
+        ).set(1)
+        self._infer(np.zeros((1, 28, 28), np.uint8))  # build the graph before the first request
+        self.batcher = MicroBatcher(
+            self._infer, max_batch=MODEL_BATCH, max_queue=MAX_QUEUE, on_batch=metrics.observe_batch
+        )
 
-    @bentoml.api
-    def predict(
-        self,
-        image: Annotated[np.ndarray, Shape((28, 28))],
-        ctx: bentoml.Context,
-    ) -> Prediction:
-        """Classify one 28×28 image of pixel values 0-255 (white ink on black, like MNIST)."""
-        x = check_pixels(image)
-        probs = np.asarray(self.model(x, training=False))[0].astype(float)
-        digit = int(probs.argmax())
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (n, 28, 28) → probabilities (n, 10): a direct call, not Keras' slow predict()."""
+        out = [
+            np.asarray(self.model(images[i : i + MODEL_BATCH, :, :, None], training=False))
+            for i in range(0, len(images), MODEL_BATCH)
+        ]
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    async def _classify(
+        self, images: np.ndarray, endpoint: str, ctx: bentoml.Context
+    ) -> np.ndarray | JSONResponse:
+        """Probabilities for uint8 (n, 28, 28), or a 503 when too much is already waiting."""
+        try:
+            probs = await self.batcher(images)
+        except Overloaded as exc:
+            return self._refuse(endpoint, Rejected("overloaded", str(exc), 503), ctx)
         ctx.response.headers["X-Model-Version"] = self.version
-        return Prediction(
+        metrics.observe_predictions(images, probs, self.version, endpoint)
+        return probs
+
+    def _refuse(self, endpoint: str, exc: Rejected, ctx: bentoml.Context) -> JSONResponse:
+        """The refusal as a JSON body; status and headers go through ctx (BentoML applies them)."""
+        metrics.reject(exc.reason, endpoint)
+        message = f"{exc.message.rstrip('.')}. {HINTS[f'/{endpoint}']}"
+        ctx.response.status_code = exc.status
+        ctx.response.headers["X-Reject-Reason"] = exc.reason
+        ctx.response.headers["X-Model-Version"] = self.version
+        if exc.status == 503:
+            ctx.response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return JSONResponse({"error": message, "reason": exc.reason})
+
+    def _one(self, probs: np.ndarray, seen: np.ndarray | None = None) -> Prediction:
+        p = probs[0].astype(float)
+        digit = int(p.argmax())
+        fields = dict(
             digit=digit,
-            confidence=float(probs[digit]),
-            probabilities=[round(p, 6) for p in probs.tolist()],
+            confidence=float(p[digit]),
+            probabilities=[round(v, 6) for v in p.tolist()],
             model_version=self.version,
         )
+        if seen is None:
+            return Prediction(**fields)
+        return SeenPrediction(**fields, seen=seen[0].tolist())
+
+    def _many(self, probs: np.ndarray) -> BatchPrediction:
+        digits = probs.argmax(axis=1)
+        return BatchPrediction(
+            predictions=[
+                BatchItem(
+                    digit=int(d),
+                    confidence=float(p[d]),
+                    probabilities=[round(v, 6) for v in p.astype(float).tolist()],
+                )
+                for d, p in zip(digits, probs, strict=True)
+            ],
+            model_version=self.version,
+        )
+
+    @bentoml.api
+    async def predict(
+        self,
+        image: Annotated[Grid, Field(description="28 rows of 28 pixel values, white ink on black")],
+        scale: Annotated[Scale, Field(description=SCALE_DOC)] = "0-255",
+        ctx: bentoml.Context = None,
+    ) -> Prediction:
+        """Classify one 28×28 image, MNIST-style (white ink on black, digit centred)."""
+        try:
+            x = pixels(image, scale)
+            if len(x) != 1:
+                raise Rejected("wrong_shape", f"expected one 28×28 image, got {len(x)}")
+        except Rejected as exc:
+            return self._refuse("predict", exc, ctx)
+        probs = await self._classify(x, "predict", ctx)
+        return probs if isinstance(probs, JSONResponse) else self._one(probs)
+
+    @bentoml.api
+    async def predict_batch(
+        self,
+        images: Annotated[list[Grid], Field(description="28×28 images, white ink on black")],
+        scale: Annotated[Scale, Field(description=SCALE_DOC)] = "0-255",
+        ctx: bentoml.Context = None,
+    ) -> BatchPrediction:
+        """Classify many 28×28 images in one request (at most DIGIT_MAX_BATCH)."""
+        return await self._batch(images, scale, "predict_batch", ctx)
+
+    @bentoml.api
+    async def predict_npy(
+        self,
+        array: Annotated[Path, Field(description="np.save() of uint8 (n, 28, 28), 0-255")],
+        ctx: bentoml.Context = None,
+    ) -> BatchPrediction:
+        """The batch endpoint's compact form: a .npy file instead of JSON."""
+        try:
+            try:
+                values = np.load(io.BytesIO(Path(array).read_bytes()), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise Rejected("not_npy", f"'array' is not a readable .npy file ({exc}).") from None
+            if values.dtype != np.uint8:
+                raise Rejected("wrong_dtype", f"'array' must be uint8, got {values.dtype}.")
+        except Rejected as exc:
+            return self._refuse("predict_npy", exc, ctx)
+        return await self._batch(values, "0-255", "predict_npy", ctx)
+
+    async def _batch(
+        self, images: object, scale: str, endpoint: str, ctx: bentoml.Context
+    ) -> BatchPrediction | JSONResponse:
+        try:
+            x = pixels(images, scale)
+            if len(x) > LIMITS.max_batch:
+                raise Rejected(
+                    "batch_too_large",
+                    f"{len(x)} images in one request; the limit is {LIMITS.max_batch} "
+                    "(DIGIT_MAX_BATCH): split it.",
+                    413,
+                )
+        except Rejected as exc:
+            return self._refuse(endpoint, exc, ctx)
+        probs = await self._classify(x, endpoint, ctx)
+        return probs if isinstance(probs, JSONResponse) else self._many(probs)
+
+    @bentoml.api
+    async def predict_image(
+        self,
+        image: Annotated[Path, Field(description="A picture of one digit, any size and colours")],
+        ctx: bentoml.Context = None,
+    ) -> SeenPrediction:
+        """Classify a picture (scan, screenshot, phone photo): it is made MNIST-like first."""
+        try:
+            x = from_image_bytes(Path(image).read_bytes(), LIMITS)[None]
+        except Rejected as exc:
+            return self._refuse("predict_image", exc, ctx)
+        probs = await self._classify(x, "predict_image", ctx)
+        return probs if isinstance(probs, JSONResponse) else self._one(probs, x)
+
+    @bentoml.api
+    async def predict_canvas(
+        self,
+        data_url: Annotated[
+            str, Field(description="canvas.toDataURL(): data:image/png;base64,...")
+        ],
+        ctx: bentoml.Context = None,
+    ) -> SeenPrediction:
+        """Classify what a person drew on an HTML canvas."""
+        try:
+            x = from_data_url(data_url, LIMITS)[None]
+        except Rejected as exc:
+            return self._refuse("predict_canvas", exc, ctx)
+        probs = await self._classify(x, "predict_canvas", ctx)
+        return probs if isinstance(probs, JSONResponse) else self._one(probs, x)
+
+    @info_app.get("/model", response_model=ModelInfo)
+    def model_info(self) -> ModelInfo:
+        """What this worker serves: registry version, run, accuracy, lineage and training params."""
+        return self.info
+
+
+DigitClassifier.add_asgi_middleware(Guard, hints=HINTS, max_body_bytes=MAX_BODY_BYTES)

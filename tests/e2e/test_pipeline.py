@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -262,57 +261,6 @@ def test_docs_metrics_and_health_are_served(server):
         r'http_response_code="200"[^}]*\} [1-9]',
         metrics,
     )
-
-
-@pytest.mark.parametrize(
-    ("body", "content_type", "fragment"),
-    [
-        ("{not json", "application/json", "json"),
-        (json.dumps({"image": [[0] * 28] * 27}), "application/json", "28"),
-        (json.dumps({"image": [[0] * 27] * 28}), "application/json", "28"),
-        (json.dumps({"image": [[300] * 28] * 28}), "application/json", "0-255"),
-        (json.dumps({"image": [[-1] * 28] * 28}), "application/json", "0-255"),
-        (
-            '{"image": [' + ",".join(["[" + ",".join(["NaN"] * 28) + "]"] * 28) + "]}",
-            "application/json",
-            "NaN",
-        ),
-        (json.dumps({"image": "seven"}), "application/json", "image"),
-        (json.dumps({"picture": [[0] * 28] * 28}), "application/json", "image"),
-        ("", "application/json", ""),
-    ],
-    ids=[
-        "malformed-json",
-        "27-rows",
-        "27-columns",
-        "above-255",
-        "negative",
-        "nan",
-        "string",
-        "missing-field",
-        "empty-body",
-    ],
-)
-def test_bad_input_gets_400_with_a_message(server, body, content_type, fragment):
-    r = requests.post(
-        f"{server}/predict", data=body, headers={"Content-Type": content_type}, timeout=30
-    )
-    assert r.status_code == 400, (r.status_code, r.text)
-    assert fragment.lower() in r.text.lower()
-    ok = requests.post(f"{server}/predict", json={"image": [[0] * 28] * 28}, timeout=30)
-    assert ok.status_code == 200  # the worker survived
-
-
-def test_bento_build_contains_the_model(ws):
-    env, d = ws["env"], ws["dir"]
-    run([str(BIN / "bentoml"), "build"], d, env, timeout=300)
-    archive = ws["root"] / "digit_classifier.bento"
-    run([str(BIN / "bentoml"), "export", "digit_classifier:latest", str(archive)], d, env)
-    with tarfile.open(archive) as tar:
-        names = tar.getnames()
-    run_id = client(ws).get_model_version(MODEL, "1").run_id
-    assert f"./models/{MODEL}/v1-{run_id[:8]}/model.keras" in names
-    assert "./src/service/service.py" in names and "./src/params.yaml" in names
 
 
 def test_same_params_give_identical_metrics(ws, tmp_path):

@@ -1,0 +1,434 @@
+"""The service as users meet it: a real `bentoml serve` of a model the real pipeline trained.
+
+One temp workspace trains the fixture model (`dvc repro`), packages the champion, and serves it with
+small limits (so the over-limit cases stay small). Every endpoint, every kind of bad input and the
+metrics are checked over HTTP; the expected answers come from the packaged Keras model in-process.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.helpers import (
+    BIN,
+    FIXTURE,
+    free_port,
+    isolated_env,
+    make_workspace,
+    run,
+    serving,
+    set_params,
+)
+from tests.uploads import STYLES, data_url, render
+
+pytestmark = pytest.mark.e2e
+MODEL = "mnist-cnn"
+MAX_BATCH, MAX_BODY = 64, 1_000_000
+# Enough training for a model worth comparing uploads against (the e2e default is 4 epochs).
+SERVICE_PARAMS = {"train": {"epochs": 10, "augment": {"translation": 0.1}}}
+
+
+def serve_cmd(target: str, port: int) -> list[str]:
+    return [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    env = isolated_env(root)
+    env.update({"DIGIT_MAX_BATCH": str(MAX_BATCH), "DIGIT_MAX_BODY_BYTES": str(MAX_BODY)})
+    workspace = make_workspace(root / "project", env)
+    set_params(workspace, SERVICE_PARAMS)
+    run([str(BIN / "dvc"), "repro"], workspace, env)
+    run([str(BIN / "python"), "-m", "service.package"], workspace, env)
+    return {"root": root, "env": env, "dir": workspace}
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    port = free_port()
+    cmd = serve_cmd("service.service:DigitClassifier", port)
+    with serving(cmd, ws["dir"], ws["env"], port, ws["root"] / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keras_model(ws):
+    import keras
+
+    path = next((Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL).glob("*/model.keras"))
+    return keras.saving.load_model(path, compile=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    with np.load(FIXTURE) as f:
+        return f["x_test"], f["y_test"]
+
+
+def expected(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(x[..., None], training=False))
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample on /metrics as {'name{labels}': value} (labels sorted as exposed)."""
+    samples = {}
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def metric(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, value in samples.items():
+        if key.split("{")[0] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', key))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += value
+    return total
+
+
+def npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def post_npy(url: str, x: np.ndarray) -> requests.Response:
+    files = {"array": ("batch.npy", npy(x), "application/octet-stream")}
+    return requests.post(f"{url}/predict_npy", files=files, timeout=60)
+
+
+def post_image(url: str, data: bytes, name: str = "digit.png") -> requests.Response:
+    return requests.post(f"{url}/predict_image", files={"image": (name, data)}, timeout=60)
+
+
+def test_predict_takes_0_255_ints_and_0_1_floats(server, keras_model, digits):
+    x = digits[0][:5]
+    want = expected(keras_model, x)
+    for i in range(len(x)):
+        ints = requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=30)
+        floats = requests.post(
+            f"{server}/predict",
+            json={"image": (x[i] / 255.0).tolist(), "scale": "0-1"},
+            timeout=30,
+        )
+        for r in (ints, floats):
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert r.headers["X-Model-Version"] == body["model_version"] == "1"
+            assert body["digit"] == int(want[i].argmax())
+            assert body["probabilities"] == pytest.approx(want[i].tolist(), abs=1e-5)
+
+
+def test_batch_json_and_npy_answer_every_item_like_the_model(server, keras_model, digits):
+    x = digits[0][:MAX_BATCH]
+    want = expected(keras_model, x).argmax(axis=1).tolist()
+    as_json = requests.post(f"{server}/predict_batch", json={"images": x.tolist()}, timeout=60)
+    as_npy = post_npy(server, x)
+    for r in (as_json, as_npy):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == "1" and r.headers["X-Model-Version"] == "1"
+        assert [p["digit"] for p in body["predictions"]] == want
+
+
+def test_concurrent_single_requests_are_batched_and_answered_correctly(server, keras_model, digits):
+    x = digits[0][:48]
+    want = expected(keras_model, x).argmax(axis=1).tolist()
+    before = scrape(server)
+
+    def one(i: int) -> int:
+        r = requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["digit"]
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(one, range(len(x))))
+    assert got == want
+    after = scrape(server)
+    calls = metric(after, "digit_batch_size_count") - metric(before, "digit_batch_size_count")
+    images = metric(after, "digit_batch_size_sum") - metric(before, "digit_batch_size_sum")
+    assert images == len(x)
+    assert 1 <= calls <= len(x)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_uploads_in_every_format_are_read_like_mnist(server, keras_model, digits, style):
+    x = digits[0][:6]
+    for i in range(len(x)):
+        r = post_image(server, render(x[i], style, seed=i), name=f"digit-{style}")
+        assert r.status_code == 200, (style, r.text)
+        body = r.json()
+        seen = np.array(body["seen"], np.uint8)
+        assert seen.shape == (28, 28)
+        assert r.headers["X-Model-Version"] == body["model_version"] == "1"
+        assert body["digit"] == int(expected(keras_model, seen[None])[0].argmax())  # what it saw
+        assert np.corrcoef(seen.ravel(), x[i].ravel())[0, 1] > 0.7  # ...is the digit sent
+
+
+def test_canvas_data_url_goes_the_same_way_as_an_upload(server, digits):
+    png = render(digits[0][0], "transparent_png")
+    canvas = requests.post(f"{server}/predict_canvas", json={"data_url": data_url(png)}, timeout=30)
+    upload = post_image(server, png)
+    assert canvas.status_code == upload.status_code == 200, canvas.text
+    assert canvas.json() == upload.json()
+
+
+def test_uploaded_pictures_score_within_half_a_point_of_raw_digits(server, digits):
+    """The issue's bar: people's pictures (canvas PNG, JPEG 75, transparent PNG) vs the 28×28s."""
+    x, y = digits
+    raw = [
+        p["digit"]
+        for i in range(0, len(x), MAX_BATCH)
+        for p in post_npy(server, x[i : i + MAX_BATCH]).json()["predictions"]
+    ]
+    raw_acc = np.mean(np.array(raw) == y)
+    for style in ("canvas_png", "jpeg75", "transparent_png"):
+        got = [
+            post_image(server, render(x[i], style, seed=i)).json()["digit"] for i in range(len(x))
+        ]
+        acc = np.mean(np.array(got) == y)
+        print(f"{style}: {acc:.3f} vs raw {raw_acc:.3f}")
+        assert acc >= raw_acc - 0.005, (style, acc, raw_acc)
+
+
+def test_model_info_says_what_is_served(ws, server):
+    from mlflow.tracking import MlflowClient
+
+    info = requests.get(f"{server}/model", timeout=10)
+    assert info.status_code == 200, info.text
+    body = info.json()
+    mv = MlflowClient(tracking_uri=ws["env"]["MLFLOW_TRACKING_URI"]).get_model_version(MODEL, "1")
+    assert body["name"] == MODEL and body["version"] == "1" and body["run_id"] == mv.run_id
+    assert body["test_accuracy"] == pytest.approx(float(mv.tags["test_accuracy"]))
+    assert body["data_hash"] == mv.tags["data_hash"]
+    assert body["train_wall_time_s"] > 0 and body["train_compute_macs"] > 0
+    assert body["params"]["train.epochs"] == str(SERVICE_PARAMS["train"]["epochs"])
+    assert body["bento_tag"].startswith(f"{MODEL}:v1-")
+
+
+def test_metrics_count_exactly_what_was_sent(server, keras_model, digits):
+    x = digits[0][:7]
+    want = expected(keras_model, x).argmax(axis=1)
+    before = scrape(server)
+    for i in range(len(x)):
+        assert requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=30).ok
+    assert post_npy(server, x).ok
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    for digit in range(10):
+        n = int(np.sum(want == digit))
+        assert delta("digit_predictions_total", digit=str(digit), endpoint="predict") == n
+        assert delta("digit_predictions_total", digit=str(digit), endpoint="predict_npy") == n
+    assert delta("digit_prediction_confidence_count", model_version="1") == 2 * len(x)
+    assert delta("digit_input_ink_mean_count") == 2 * len(x)
+    assert delta("digit_input_ink_box_pixels_count") == 2 * len(x)
+    assert delta("digit_inference_seconds_count") >= 1
+    assert metric(after, "digit_model_info", model_version="1", model_name=MODEL) == 1
+    assert delta("digit_rejections_total") == 0
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny valid PNG whose header claims width × height pixels (a decompression bomb)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[ihdr + 17 : ihdr + 21] = zlib.crc32(bytes(data[ihdr : ihdr + 17])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def digit_png() -> bytes:
+    with np.load(FIXTURE) as f:
+        return render(f["x_test"][0], "canvas_png")
+
+
+def blank_png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (280, 280), "white").save(buf, "PNG")
+    return buf.getvalue()
+
+
+GRID = [[0] * 28] * 28
+BAD = {
+    "malformed-json": ("predict", {"data": "{not json"}, 400, "malformed_json", "JSON"),
+    "empty-body": ("predict", {"data": ""}, 400, "empty_body", "empty"),
+    "missing-field": ("predict", {"json": {"picture": GRID}}, 400, "missing_field", "image"),
+    "not-numbers": ("predict", {"json": {"image": "seven"}}, 400, "invalid_field", "image"),
+    "27-rows": ("predict", {"json": {"image": GRID[:27]}}, 400, "wrong_shape", "28"),
+    "27-columns": ("predict", {"json": {"image": [[0] * 27] * 28}}, 400, "wrong_shape", "28"),
+    "nan": (
+        "predict",
+        {"data": '{"image": [' + ",".join(["[" + ",".join(["NaN"] * 28) + "]"] * 28) + "]}"},
+        400,
+        "not_finite",
+        "NaN",
+    ),
+    "above-255": ("predict", {"json": {"image": [[300] * 28] * 28}}, 400, "out_of_range", "255"),
+    "negative": ("predict", {"json": {"image": [[-1] * 28] * 28}}, 400, "out_of_range", "255"),
+    "above-1-in-0-1": (
+        "predict",
+        {"json": {"image": [[2] * 28] * 28, "scale": "0-1"}},
+        400,
+        "out_of_range",
+        "0-1",
+    ),
+    "unknown-scale": (
+        "predict",
+        {"json": {"image": GRID, "scale": "0-65535"}},
+        400,
+        "invalid_field",
+        "scale",
+    ),
+    "batch-over-limit": (
+        "predict_batch",
+        {"json": {"images": [GRID] * (MAX_BATCH + 1)}},
+        413,
+        "batch_too_large",
+        str(MAX_BATCH),
+    ),
+    "body-over-limit": (
+        "predict_image",
+        {"files": {"image": ("big.png", b"\0" * (MAX_BODY + 1))}},
+        413,
+        "too_large",
+        "at most",
+    ),
+    "not-an-image": (
+        "predict_image",
+        {"files": {"image": ("hello.png", b"hello, I am not a picture")}},
+        400,
+        "not_an_image",
+        "PNG",
+    ),
+    "truncated-png": (
+        "predict_image",
+        {"files": {"image": ("cut.png", digit_png()[:400])}},
+        400,
+        "truncated_image",
+        "ends early",
+    ),
+    "decompression-bomb": (
+        "predict_image",
+        {"files": {"image": ("bomb.png", png_declaring(30000, 30000))}},
+        413,
+        "too_many_pixels",
+        "pixels",
+    ),
+    "blank-picture": (
+        "predict_image",
+        {"files": {"image": ("blank.png", blank_png())}},
+        422,
+        "blank_image",
+        "blank",
+    ),
+    "not-a-data-url": (
+        "predict_canvas",
+        {"json": {"data_url": "https://example.com/digit.png"}},
+        400,
+        "bad_data_url",
+        "data:",
+    ),
+    "npy-not-npy": (
+        "predict_npy",
+        {"files": {"array": ("x.npy", b"not numpy")}},
+        400,
+        "not_npy",
+        "npy",
+    ),
+    "npy-float": (
+        "predict_npy",
+        {"files": {"array": ("x.npy", npy(np.zeros((2, 28, 28), np.float32)))}},
+        400,
+        "wrong_dtype",
+        "uint8",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_gets_a_clear_4xx_counted_by_reason(server, case):
+    endpoint, kwargs, status, reason, fragment = BAD[case]
+    if "data" in kwargs:
+        kwargs = {**kwargs, "headers": {"Content-Type": "application/json"}}
+    before = scrape(server)
+    r = requests.post(f"{server}/{endpoint}", timeout=30, **kwargs)
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert body["reason"] == reason, body
+    assert fragment.lower() in body["error"].lower(), body["error"]
+    assert "Send" in body["error"]  # ... and how to send it right
+    after = scrape(server)
+    counted = metric(after, "digit_rejections_total", reason=reason, endpoint=endpoint)
+    assert counted - metric(before, "digit_rejections_total", reason=reason, endpoint=endpoint) == 1
+    ok = requests.post(f"{server}/predict", json={"image": GRID}, timeout=30)
+    assert ok.status_code == 200  # the same worker keeps serving
+
+
+def test_docs_list_every_endpoint_with_typed_inputs(server):
+    spec = requests.get(f"{server}/docs.json", timeout=10).json()
+    for path in ("/predict", "/predict_batch", "/predict_npy", "/predict_image", "/predict_canvas"):
+        assert path in spec["paths"], path
+    assert requests.get(f"{server}/livez", timeout=10).status_code == 200
+
+
+def test_overload_answers_503_with_retry_after(ws):
+    """With no room to queue (DIGIT_MAX_QUEUE=0) every prediction is refused the way overload is."""
+    env = {**ws["env"], "DIGIT_MAX_QUEUE": "0"}
+    port = free_port()
+    cmd = serve_cmd("service.service:DigitClassifier", port)
+    with serving(cmd, ws["dir"], env, port, ws["root"] / "overload.log") as url:
+        r = requests.post(f"{url}/predict", json={"image": GRID}, timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["reason"] == "overloaded"
+        assert metric(scrape(url), "digit_rejections_total", reason="overloaded") == 1
+
+
+def test_the_built_bento_serves_the_same_answers(ws, server, digits):
+    env, d = ws["env"], ws["dir"]
+    run([str(BIN / "bentoml"), "build"], d, env, timeout=300)
+    port = free_port()
+    x = digits[0][:8]
+    with serving(
+        serve_cmd("digit_classifier:latest", port), d, env, port, ws["root"] / "bento.log"
+    ) as url:
+        for path, kwargs in (
+            ("predict_batch", {"json": {"images": x.tolist()}}),
+            ("predict_image", {"files": {"image": ("d.png", render(x[0], "canvas_png"))}}),
+        ):
+            built = requests.post(f"{url}/{path}", timeout=60, **kwargs)
+            local = requests.post(f"{server}/{path}", timeout=60, **kwargs)
+            assert built.status_code == local.status_code == 200, built.text
+            assert built.json() == local.json()
+        assert requests.get(f"{url}/model", timeout=10).json()["version"] == "1"
+    archive = ws["root"] / "digit_classifier.bento"
+    run([str(BIN / "bentoml"), "export", "digit_classifier:latest", str(archive)], d, env)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    bento_model = requests.get(f"{server}/model", timeout=10).json()["bento_tag"].split(":")[1]
+    assert f"./models/{MODEL}/{bento_model}/model.keras" in names
+    for source in ("service/service.py", "service/preprocess.py", "params.yaml"):
+        assert f"./src/{source}" in names, source
