@@ -62,6 +62,7 @@ bench: package ## measure the served champion (vs mlflow serve) → bench/RESULT
 	$(BIN)/python -m bench.run
 
 test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
+	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver
 	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"
 	$(BIN)/python -m pytest
 

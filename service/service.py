@@ -8,8 +8,10 @@ message saying what to fix, counted by reason) or the `Guard` middleware.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,11 +21,14 @@ import bentoml
 import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.staticfiles import StaticFiles
 
 from pipelines.params import load as load_params
 from service import metrics
 from service.batcher import MicroBatcher, Overloaded
+from service.explain import Explanation
+from service.explain import explain as explain_image
 from service.guard import Guard
 from service.preprocess import Limits, Rejected, from_data_url, from_image_bytes, pixels
 
@@ -60,6 +65,8 @@ HINTS = {
     "BMP or TIFF).",
     "/predict_canvas": 'Send JSON {"data_url": "data:image/png;base64,..."} as '
     "canvas.toDataURL() gives it.",
+    "/explain": 'Send JSON {"image": <28 lists of 28 numbers 0-255>}, e.g. the "seen" field '
+    "of a /predict_image or /predict_canvas reply.",
 }
 
 
@@ -103,6 +110,20 @@ class ModelInfo(BaseModel):
 
 # GET routes (BentoML APIs are POST-only): a FastAPI app mounted beside them, views on the class.
 info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+# The web page (service/static, no build step) at "/" and its files under /static; BentoML's
+# Swagger UI moves from "/" to /docs (its assets stay at /static_content, the spec at /docs.json).
+STATIC = Path(__file__).parent / "static"
+info_app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _swagger_page() -> str:
+    """BentoML's own Swagger UI page, minus its Google Tag Manager snippets (works offline)."""
+    from _bentoml_impl.server import app as bentoml_app
+
+    html = (Path(bentoml_app.__file__).parent / "main-openapi.html").read_text()
+    return re.sub(
+        r"\s*<!-- Google Tag Manager.*?End Google Tag Manager[^>]*-->", "", html, flags=re.S
+    )
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -304,6 +325,33 @@ class DigitClassifier:
             return self._refuse("predict_canvas", exc, ctx)
         probs = await self._classify(x, "predict_canvas", ctx)
         return probs if isinstance(probs, JSONResponse) else self._one(probs, x)
+
+    @bentoml.api
+    async def explain(
+        self,
+        image: Annotated[Grid, Field(description="28 rows of 28 pixel values, white ink on black")],
+        ctx: bentoml.Context = None,
+    ) -> Explanation:
+        """Why: the first conv layers' feature maps and a Grad-CAM and saliency map of one image."""
+        try:
+            x = pixels(image)
+            if len(x) != 1:
+                raise Rejected("wrong_shape", f"expected one 28×28 image, got {len(x)}")
+        except Rejected as exc:
+            return self._refuse("explain", exc, ctx)
+        ctx.response.headers["X-Model-Version"] = self.version
+        # Eager TF with a gradient tape (tens of ms): off the event loop, beside the batcher.
+        return await asyncio.to_thread(explain_image, self.model, x[0])
+
+    @info_app.get("/", include_in_schema=False)
+    def page(self) -> FileResponse:
+        """The web page: draw or upload a digit, see what the model sees and why."""
+        return FileResponse(STATIC / "index.html")
+
+    @info_app.get("/docs", include_in_schema=False)
+    def docs(self) -> HTMLResponse:
+        """The Swagger UI that BentoML serves at "/" when there is no page."""
+        return HTMLResponse(_swagger_page())
 
     @info_app.get("/model", response_model=ModelInfo)
     def model_info(self) -> ModelInfo:

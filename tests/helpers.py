@@ -180,3 +180,14 @@ def serving(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
+
+
+# The served fixture model (tests/conftest.py): longer training than TINY_PARAMS, so pictures of
+# real digits come out right often enough to compare, and small limits for the over-limit cases.
+SERVICE_PARAMS = {"train": {"epochs": 10, "augment": {"translation": 0.1}}}
+SERVICE_LIMITS = {"DIGIT_MAX_BATCH": 64, "DIGIT_MAX_BODY_BYTES": 1_000_000}
+
+
+def serve_cmd(target: str, port: int) -> list[str]:
+    """`bentoml serve` of a service import path or a built Bento tag on 127.0.0.1:port."""
+    return [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]

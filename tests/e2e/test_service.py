@@ -1,9 +1,9 @@
 """The service as users meet it: a real `bentoml serve` of a model the real pipeline trained.
 
-One temp workspace trains the fixture model (`dvc repro`), packages the champion, and serves it with
-small limits (so the over-limit cases stay small). Every endpoint, every kind of bad input and the
-metrics are checked over HTTP; the expected answers come from the packaged Keras model in-process.
-"""
+The session fixture `served` (tests/conftest.py) trains the fixture model (`dvc repro`), packages
+the champion and serves it with small limits (so the over-limit cases stay small). Every endpoint,
+every kind of bad input and the metrics are checked over HTTP; the expected answers come from the
+packaged Keras model in-process."""
 
 from __future__ import annotations
 
@@ -21,44 +21,28 @@ import requests
 from tests.helpers import (
     BIN,
     FIXTURE,
+    SERVICE_LIMITS,
+    SERVICE_PARAMS,
     free_port,
-    isolated_env,
-    make_workspace,
     run,
+    serve_cmd,
     serving,
-    set_params,
 )
 from tests.uploads import STYLES, data_url, render
 
 pytestmark = pytest.mark.e2e
 MODEL = "mnist-cnn"
-MAX_BATCH, MAX_BODY = 64, 1_000_000
-# Enough training for a model worth comparing uploads against (the e2e default is 4 epochs).
-SERVICE_PARAMS = {"train": {"epochs": 10, "augment": {"translation": 0.1}}}
-
-
-def serve_cmd(target: str, port: int) -> list[str]:
-    return [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+MAX_BATCH, MAX_BODY = SERVICE_LIMITS["DIGIT_MAX_BATCH"], SERVICE_LIMITS["DIGIT_MAX_BODY_BYTES"]
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("service")
-    env = isolated_env(root)
-    env.update({"DIGIT_MAX_BATCH": str(MAX_BATCH), "DIGIT_MAX_BODY_BYTES": str(MAX_BODY)})
-    workspace = make_workspace(root / "project", env)
-    set_params(workspace, SERVICE_PARAMS)
-    run([str(BIN / "dvc"), "repro"], workspace, env)
-    run([str(BIN / "python"), "-m", "service.package"], workspace, env)
-    return {"root": root, "env": env, "dir": workspace}
+def ws(served):
+    return served
 
 
 @pytest.fixture(scope="module")
-def server(ws):
-    port = free_port()
-    cmd = serve_cmd("service.service:DigitClassifier", port)
-    with serving(cmd, ws["dir"], ws["env"], port, ws["root"] / "server.log") as url:
-        yield url
+def server(served):
+    return served["url"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,355 @@
+// The digit page: draw or upload, ask the service, show the answer, what the model saw and why.
+// Plain browser JavaScript, no build step and nothing from a CDN; it only talks to this service:
+// POST /predict_canvas and /predict_image (answer + the 28×28 "seen"), POST /explain, GET /model.
+"use strict";
+
+(() => {
+  const LOW_CONFIDENCE = 0.6; // below this the answer is shown as "not sure"
+  const BRUSH = 22; // px on the 280×280 pad: MNIST strokes are 2-3 px of 28
+  const $ = (id) => document.getElementById(id);
+
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  const strokes = []; // each stroke a list of [x, y] in pad pixels, for Undo
+  let current = null;
+  let latest = 0; // number of the latest request: older replies are ignored
+
+  // What the tests (and the curious, in the console) can read.
+  const state = { reply: null, explanation: null, requests: 0, errors: 0 };
+  window.digitPage = state;
+
+  // --- drawing --------------------------------------------------------------------------------
+
+  function redraw() {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    ctx.strokeStyle = "#fff";
+    ctx.fillStyle = "#fff";
+    ctx.lineWidth = BRUSH;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    for (const stroke of strokes) {
+      if (stroke.length === 1) {
+        ctx.beginPath();
+        ctx.arc(stroke[0][0], stroke[0][1], BRUSH / 2, 0, 2 * Math.PI);
+        ctx.fill();
+        continue;
+      }
+      ctx.beginPath();
+      ctx.moveTo(stroke[0][0], stroke[0][1]);
+      for (const [x, y] of stroke.slice(1)) ctx.lineTo(x, y);
+      ctx.stroke();
+    }
+  }
+
+  function point(event) {
+    const box = pad.getBoundingClientRect();
+    return [
+      ((event.clientX - box.left) * pad.width) / box.width,
+      ((event.clientY - box.top) * pad.height) / box.height,
+    ];
+  }
+
+  pad.addEventListener("pointerdown", (event) => {
+    if (event.button !== undefined && event.button > 0) return;
+    event.preventDefault();
+    if (pad.setPointerCapture && event.pointerId !== undefined) {
+      try {
+        pad.setPointerCapture(event.pointerId);
+      } catch (_) {
+        // synthetic events have no active pointer to capture; drawing works without it
+      }
+    }
+    current = [point(event)];
+    strokes.push(current);
+    redraw();
+  });
+
+  pad.addEventListener("pointermove", (event) => {
+    if (!current) return;
+    event.preventDefault();
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    for (const e of events.length ? events : [event]) current.push(point(e));
+    redraw();
+  });
+
+  function endStroke(event) {
+    if (!current) return;
+    event.preventDefault();
+    current = null;
+    predictDrawing();
+  }
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+
+  $("clear").addEventListener("click", () => {
+    strokes.length = 0;
+    redraw();
+    reset();
+  });
+
+  $("undo").addEventListener("click", () => {
+    strokes.pop();
+    redraw();
+    if (strokes.length) predictDrawing();
+    else reset();
+  });
+
+  $("predict").addEventListener("click", () => predictDrawing());
+
+  // --- uploads ----------------------------------------------------------------------------------
+
+  const drop = $("drop");
+  const file = $("file");
+  file.addEventListener("change", () => {
+    if (file.files.length) predictFile(file.files[0]);
+    file.value = ""; // the same file again is a new choice
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, () => drop.classList.remove("over"));
+  }
+  // A picture dropped beside the upload area must not make the browser leave the page for it.
+  for (const name of ["dragover", "drop"]) {
+    window.addEventListener(name, (event) => event.preventDefault());
+  }
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) predictFile(files[0]);
+  });
+
+  // --- talking to the service -------------------------------------------------------------------
+
+  function predictDrawing() {
+    if (!strokes.length) {
+      showError("Draw a digit first: the drawing area is empty.");
+      return;
+    }
+    ask("/predict_canvas", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ data_url: pad.toDataURL("image/png") }),
+    });
+  }
+
+  async function predictFile(picked) {
+    const form = new FormData();
+    form.append("image", picked, picked.name || "upload");
+    await ask("/predict_image", { method: "POST", body: form });
+    // On a phone the answer sits above the upload area: bring it into view.
+    const answer = document.querySelector(".answer");
+    if (answer.getBoundingClientRect().top < 0) answer.scrollIntoView({ block: "start" });
+  }
+
+  async function ask(path, init) {
+    const mine = ++latest;
+    state.requests += 1;
+    $("result").dataset.state = "busy";
+    try {
+      const reply = await call(path, init);
+      if (mine !== latest) return;
+      showAnswer(reply);
+      const explanation = await call("/explain", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ image: reply.seen }),
+      });
+      if (mine !== latest) return;
+      showWhy(explanation);
+    } catch (error) {
+      if (mine !== latest) return;
+      reset(); // no stale answer under a new error
+      showError(error.message);
+    }
+  }
+
+  // fetch → the JSON body, or an Error carrying the service's own "error" text.
+  async function call(path, init) {
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (_) {
+      throw new Error("Could not reach the service. Is it still running?");
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      // not JSON: the status line is all there is to say
+    }
+    if (!response.ok) {
+      const text = body && typeof body.error === "string" ? body.error : "";
+      throw new Error(text || `The service answered ${response.status} ${response.statusText}.`);
+    }
+    return body;
+  }
+
+  // --- showing ----------------------------------------------------------------------------------
+
+  function reset() {
+    latest += 1;
+    state.reply = null;
+    state.explanation = null;
+    $("error").hidden = true;
+    $("result").dataset.state = "empty";
+    clearCanvas($("seen"));
+    clearCanvas($("gradcam"));
+    clearCanvas($("saliency"));
+    $("features").replaceChildren();
+  }
+
+  function showError(message) {
+    state.errors += 1;
+    const box = $("error");
+    box.textContent = message;
+    box.hidden = false;
+    const result = $("result");
+    result.dataset.state = state.reply ? "ready" : "empty";
+  }
+
+  function percent(p) {
+    return `${(100 * p).toFixed(p >= 0.9995 || p < 0.0005 ? 0 : 1)}%`;
+  }
+
+  function showAnswer(reply) {
+    state.reply = reply;
+    state.explanation = null;
+    $("error").hidden = true;
+    const probs = reply.probabilities;
+    const order = probs.map((p, d) => [p, d]).sort((a, b) => b[0] - a[0]);
+    const low = reply.confidence < LOW_CONFIDENCE;
+    $("digit").textContent = String(reply.digit);
+    $("confidence").textContent = `Confidence ${percent(reply.confidence)}`;
+    const unsure = $("unsure");
+    unsure.hidden = !low;
+    unsure.textContent = low ? `Not sure: looks like ${order[0][1]} or ${order[1][1]}` : "";
+    const bars = $("bars");
+    bars.replaceChildren(
+      ...probs.map((p, d) => {
+        const li = document.createElement("li");
+        li.dataset.digit = String(d);
+        li.className = d === reply.digit ? "winner" : "";
+        li.setAttribute("aria-label", `${d}: ${percent(p)}`);
+        const label = document.createElement("span");
+        label.textContent = String(d);
+        const bar = document.createElement("span");
+        bar.className = "bar";
+        const fill = document.createElement("span");
+        fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`;
+        bar.append(fill);
+        const pct = document.createElement("span");
+        pct.className = "pct";
+        pct.textContent = percent(p);
+        li.append(label, bar, pct);
+        return li;
+      }),
+    );
+    $("result").dataset.state = low ? "low" : "ready";
+    paint($("seen"), reply.seen, grey);
+    clearCanvas($("gradcam"));
+    clearCanvas($("saliency"));
+    $("features").replaceChildren();
+  }
+
+  function showWhy(explanation) {
+    state.explanation = explanation;
+    const seen = state.reply.seen;
+    // Grad-CAM over the input: the digit in grey, the heat on top of it.
+    paint($("gradcam"), explanation.gradcam, (v, r, c) => blend(heat(v), seen[r][c], v));
+    paint($("saliency"), explanation.saliency, heat);
+    const holder = $("features");
+    holder.replaceChildren(
+      ...explanation.features.map((layer, i) => {
+        const box = document.createElement("div");
+        box.className = "layer";
+        const title = document.createElement("h3");
+        const shown = layer.maps.length;
+        const of = shown < layer.channels ? `${shown} of ${layer.channels}` : `${shown}`;
+        title.textContent = `Convolution layer ${i + 1} (${layer.layer}): ${of} feature maps`;
+        const grid = document.createElement("div");
+        grid.className = "grid";
+        for (const [c, map] of layer.maps.entries()) {
+          const canvas = document.createElement("canvas");
+          canvas.width = map[0].length;
+          canvas.height = map.length;
+          canvas.setAttribute("role", "img");
+          canvas.setAttribute("aria-label", `${layer.layer}, channel ${c + 1}`);
+          paint(canvas, map, grey);
+          grid.append(canvas);
+        }
+        box.append(title, grid);
+        return box;
+      }),
+    );
+  }
+
+  function grey(v) {
+    return [v, v, v];
+  }
+
+  // A dark-to-bright colour map (black, red, yellow, white) for heat-maps.
+  function heat(v) {
+    const t = v / 255;
+    return [
+      Math.round(255 * Math.min(1, 3 * t)),
+      Math.round(255 * Math.min(1, Math.max(0, 3 * t - 1))),
+      Math.round(255 * Math.min(1, Math.max(0, 3 * t - 2))),
+    ];
+  }
+
+  function blend(colour, ink, v) {
+    const a = 0.35 + (0.65 * v) / 255;
+    const base = ink * 0.6;
+    return colour.map((x) => Math.round(a * x + (1 - a) * base));
+  }
+
+  function paint(canvas, rows, colour) {
+    const h = rows.length;
+    const w = rows[0].length;
+    canvas.width = w;
+    canvas.height = h;
+    const g = canvas.getContext("2d");
+    const image = g.createImageData(w, h);
+    for (let r = 0; r < h; r += 1) {
+      for (let c = 0; c < w; c += 1) {
+        const [red, green, blue] = colour(rows[r][c], r, c);
+        const i = 4 * (r * w + c);
+        image.data[i] = red;
+        image.data[i + 1] = green;
+        image.data[i + 2] = blue;
+        image.data[i + 3] = 255;
+      }
+    }
+    g.putImageData(image, 0, 0);
+  }
+
+  function clearCanvas(canvas) {
+    const g = canvas.getContext("2d");
+    g.fillStyle = "#000";
+    g.fillRect(0, 0, canvas.width, canvas.height);
+  }
+
+  // --- footer -----------------------------------------------------------------------------------
+
+  async function showModel() {
+    const info = $("model-info");
+    try {
+      const model = await call("/model", {});
+      const accuracy = Number.isFinite(model.test_accuracy)
+        ? `${(100 * model.test_accuracy).toFixed(2)}%`
+        : "unknown";
+      info.textContent = `Model ${model.name} version ${model.version} · test accuracy ${accuracy}`;
+    } catch (error) {
+      info.textContent = `Model information unavailable: ${error.message}`;
+    }
+  }
+
+  redraw();
+  showModel();
+})();
