@@ -13,7 +13,9 @@ def main() -> None:
     print(
         f"""
 ==> serving the champion on {base}
-    API docs (Swagger):  {base}/          (OpenAPI spec: {base}/docs.json)
+    Draw a digit:        {base}/
+    API docs (Swagger):  {base}/docs      (OpenAPI spec: {base}/docs.json)
+    What is served:      {base}/model
     Metrics:             {base}/metrics
     Health:              {base}/livez  {base}/readyz
     Try it (a real MNIST test digit, a 7):
