@@ -9,6 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
+PROM_PORT ?= 9090
 STAMP := $(VENV)/.installed
 PIP_VERSION := 25.3
 
@@ -23,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: help venv repro package serve run build bench test test-fast lint format mlflow-ui lock clean
+.PHONY: help venv repro package serve run build bench monitor test test-fast lint format mlflow-ui lock clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,8 +62,12 @@ bench: package ## measure the served champion (vs mlflow serve) → bench/RESULT
 	@echo "==> benchmark: $${BENCH_DURATION:-10} s per setting (knobs: bench/run.py docstring)"
 	$(BIN)/python -m bench.run
 
+monitor: $(STAMP) ## Prometheus on http://127.0.0.1:$(PROM_PORT) scraping the service on :$(PORT)
+	@scripts/apt-ensure promtool:prometheus
+	$(BIN)/python -m monitoring.serve --service 127.0.0.1:$(PORT) --listen 127.0.0.1:$(PROM_PORT)
+
 test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
-	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver
+	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver promtool:prometheus
 	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"
 	$(BIN)/python -m pytest
 

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipelines.atomic import save_npz, write_json
+from pipelines.drift import REFERENCE_KEY, reference
 from pipelines.log import fail, start
 from pipelines.paths import workspace
 from pipelines.sources import DataSourceError, Mnist, load_npz
@@ -116,7 +117,11 @@ def split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
 
 
 def stats(x: np.ndarray, y: np.ndarray) -> dict:
-    """The training reference the service's live inputs are later compared against."""
+    """The training reference the service's live inputs are later compared against.
+
+    REFERENCE_KEY holds the ink-mean and ink-box histograms (pipelines/drift.py) that
+    `service.package` ships with the model and monitoring/ compares the live inputs with.
+    """
     hist = np.bincount(x.reshape(-1) // (256 // HIST_BINS), minlength=HIST_BINS)
     return {
         "n_images": len(y),
@@ -127,6 +132,7 @@ def stats(x: np.ndarray, y: np.ndarray) -> dict:
         },
         "mean_pixel": round(float(x.mean()), 4),
         "mean_image": np.round(x.mean(axis=0), 2).tolist(),
+        REFERENCE_KEY: reference(x),
     }
 
 

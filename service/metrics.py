@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.utils import floatToGoString
 
+from pipelines.drift import INK_BOX_BUCKETS, INK_MEAN_BUCKETS, cumulative_shares
 from service.preprocess import ink_stats
 
 PREDICTIONS = Counter(
@@ -47,12 +49,32 @@ MODEL_INFO = Gauge(
 INK_MEAN = Histogram(
     "digit_input_ink_mean",
     "Mean pixel intensity (0-1) of the 28×28 the model saw; MNIST's training mean is about 0.13",
-    buckets=(0.02, 0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25, 0.3, 0.4, 0.6, 1.0),
+    buckets=INK_MEAN_BUCKETS,
 )
 INK_BOX = Histogram(
     "digit_input_ink_box_pixels",
     "Longer side of the ink's bounding box in the 28×28 the model saw; MNIST's is about 20",
-    buckets=(2, 6, 10, 14, 16, 18, 19, 20, 21, 22, 24, 26, 28),
+    buckets=INK_BOX_BUCKETS,
+)
+# The training reference of the two histograms above (prepare's stats.json, packaged with the
+# model): the cumulative share of training images in each bucket, `le` spelled exactly as the
+# live histograms spell it, so monitoring/rules.yml can subtract one from the other per bucket.
+REFERENCE_INK_MEAN = Gauge(
+    "digit_reference_ink_mean_share",
+    "Training reference: share of training images with ink mean <= le (cumulative)",
+    ["le"],
+    multiprocess_mode="max",
+)
+REFERENCE_INK_BOX = Gauge(
+    "digit_reference_ink_box_pixels_share",
+    "Training reference: share of training images with ink box size <= le (cumulative)",
+    ["le"],
+    multiprocess_mode="max",
+)
+REFERENCE_IMAGES = Gauge(
+    "digit_reference_images",
+    "Training images behind the drift reference (0: packaged without one)",
+    multiprocess_mode="max",
 )
 
 
@@ -75,6 +97,14 @@ def observe_predictions(
     for mean, box in zip(means, boxes, strict=True):
         INK_MEAN.observe(float(mean))
         INK_BOX.observe(float(box))
+
+
+def export_reference(reference: dict) -> None:
+    """Publish prepare's drift reference ({"n_images", "ink_mean", "ink_box_pixels"}) as gauges."""
+    for gauge, key in ((REFERENCE_INK_MEAN, "ink_mean"), (REFERENCE_INK_BOX, "ink_box_pixels")):
+        for le, share in cumulative_shares(reference[key]):
+            gauge.labels(floatToGoString(le)).set(share)
+    REFERENCE_IMAGES.set(reference["n_images"])
 
 
 def reject(reason: str, endpoint: str) -> None:

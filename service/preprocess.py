@@ -28,6 +28,8 @@ from PIL import (  # noqa: F401 (imported to register exactly the plugins FORMAT
     WebPImagePlugin,
 )
 
+from pipelines import drift
+
 # A truncated upload must be refused, not decoded with a grey band where the rest should be.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -49,7 +51,6 @@ MIN_INK = 0.06  # the darkest (or lightest) ink must stand this far beyond the m
 MIN_INK_PIXELS = 3.0  # and hold at least this much ink (in full-intensity pixels)
 MIN_INK_SHARE = 2e-4  # or this share of the picture, if larger: noise blotches hold less
 SPECK_MASS = 0.02  # a separate blob with less than this share of the ink is a speck, not digit
-INK_LEVEL = 25  # ink_stats: pixels above ~10 % intensity are ink
 
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
@@ -481,25 +482,10 @@ def _data_url_bytes(url: object, limits: Limits) -> bytes:
 def ink_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 28, 28) or (28, 28) -> (mean intensity in 0..1, ink box size in px) per image.
 
-    The box is the one around pixels above INK_LEVEL; its size is max(height, width), 0 if blank.
-    Cheap and vectorised: it feeds drift histograms on every request.
+    `pipelines.drift.ink_stats` (the one implementation, shared with prepare's drift reference);
+    a wrong shape is refused as `wrong_shape`.
     """
-    array = np.asarray(images)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE):
-        raise Rejected(
-            "wrong_shape",
-            f"images must be shaped (n, 28, 28) or (28, 28) (got {np.shape(images)})",
-        )
-    mean = array.mean(axis=(1, 2), dtype=np.float64) / 255.0
-    ink = array > INK_LEVEL
-    size = np.maximum(_extent(ink.any(axis=2)), _extent(ink.any(axis=1)))
-    return mean, size
-
-
-def _extent(on: np.ndarray) -> np.ndarray:
-    """(n, L) bools -> last - first + 1 of the True run per row; 0 where none is True."""
-    first = np.argmax(on, axis=1)
-    last = on.shape[1] - 1 - np.argmax(on[:, ::-1], axis=1)
-    return np.where(on.any(axis=1), last - first + 1, 0)
+    try:
+        return drift.ink_stats(images)
+    except ValueError as exc:
+        raise Rejected("wrong_shape", str(exc)) from None

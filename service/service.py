@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
+from pipelines.drift import REFERENCE_KEY
 from pipelines.params import load as load_params
 from service import metrics
 from service.batcher import MicroBatcher, Overloaded
@@ -171,6 +172,10 @@ class DigitClassifier:
         metrics.MODEL_INFO.labels(
             self.info.name, self.version, self.info.run_id, self.info.bento_tag
         ).set(1)
+        # prepare's drift reference, packaged with the model (service/package.py) when it matched
+        reference = meta.get(REFERENCE_KEY)
+        if reference:
+            metrics.export_reference(reference)
         self._infer(np.zeros((1, 28, 28), np.uint8))  # build the graph before the first request
         self.batcher = MicroBatcher(
             self._infer, max_batch=MODEL_BATCH, max_queue=MAX_QUEUE, on_batch=metrics.observe_batch

@@ -1,0 +1,1 @@
+"""Monitoring for the digit service: Prometheus config, rules, alerts, a Grafana dashboard."""

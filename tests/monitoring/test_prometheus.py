@@ -1,0 +1,195 @@
+"""A real Prometheus with the project's config scraping the real service (the `served` fixture).
+
+It renders monitoring/prometheus.yml with the fixture server's port and a 1 s interval, sends a
+known mix of predictions and bad inputs, waits for two scrapes, and asks Prometheus' HTTP API:
+the counts by digit and by rejection reason moved by exactly what was sent, a latency quantile is
+there and positive, the model-version series carries the served version, the drift reference
+packaged with the model is exported, every rule evaluates without error, and every PromQL query
+of the Grafana dashboard is accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from monitoring.serve import DASHBOARD, JOB, command, render
+from tests.helpers import FIXTURE, free_port
+
+pytestmark = pytest.mark.e2e
+SCRAPE_S = 1.0
+N_DIGITS = 30
+BAD = {  # reason → (request kwargs for /predict, how many)
+    "wrong_shape": ({"json": {"image": [[0] * 28] * 27}}, 3),
+    "out_of_range": ({"json": {"image": [[300] * 28] * 28}}, 2),
+    "malformed_json": ({"data": "{not json", "headers": {"Content-Type": "application/json"}}, 1),
+}
+BY_DIGIT = 'sum by (digit) (digit_predictions_total{endpoint="predict"})'
+
+
+@contextlib.contextmanager
+def prometheus(root: Path, service_url: str) -> Iterator[str]:
+    """Start Prometheus on a free port with the rendered config; yield its URL; stop it."""
+    config = render(root, service_url.removeprefix("http://"), interval=f"{SCRAPE_S:g}s")
+    listen = f"127.0.0.1:{free_port()}"
+    log = root / "prometheus.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command(config, listen, root / "tsdb"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://{listen}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"prometheus exited:\n{log.read_text()[-4000:]}"
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"prometheus not ready:\n{log.read_text()[-4000:]}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def query(prom: str, expr: str) -> list[dict]:
+    reply = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert reply["status"] == "success", f"{expr}: {reply}"
+    return reply["data"]["result"]
+
+
+def by(prom: str, expr: str, label: str) -> dict[str, float]:
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in query(prom, expr)}
+
+
+def wait_for_scrapes(prom: str, after: float, n: int = 2) -> None:
+    """Until Prometheus holds a scrape that started `n` intervals after the wall time `after`."""
+    deadline = time.monotonic() + 30
+    while True:
+        ts = by(prom, f'timestamp(up{{job="{JOB}"}} == 1)', "job")
+        if ts and min(ts.values()) >= after + (n - 1) * SCRAPE_S:
+            return
+        assert time.monotonic() < deadline, f"no scrape after {after} (latest {ts})"
+        time.sleep(SCRAPE_S / 4)
+
+
+def finite(prom: str, expr: str, timeout: float = 20) -> float:
+    """The value of the one-series `expr` once it is a number: a recording rule evaluated before
+    traffic reached Prometheus holds NaN (0/0) until its next evaluation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = [float(r["value"][1]) for r in query(prom, expr)]
+        if len(values) == 1 and math.isfinite(values[0]):
+            return values[0]
+        assert time.monotonic() < deadline, f"{expr}: {values}"
+        time.sleep(SCRAPE_S / 2)
+
+
+@pytest.fixture(scope="module")
+def prom(served, tmp_path_factory) -> Iterator[str]:
+    # One request first, so the /predict series exist before the scrapes the tests compare:
+    # a rate needs two samples of a series, and a series appearing counts as no increase.
+    assert requests.post(f"{served['url']}/predict", json={"image": [[0] * 28] * 28}).ok
+    with prometheus(tmp_path_factory.mktemp("prometheus"), served["url"]) as url:
+        wait_for_scrapes(url, after=time.time())
+        yield url
+
+
+def test_prometheus_counts_exactly_what_was_sent(served, prom):
+    server = served["url"]
+    wait_for_scrapes(prom, after=time.time())
+    digits_before = by(prom, BY_DIGIT, "digit")
+    reasons_before = by(prom, "sum by (reason) (digit_rejections_total)", "reason")
+
+    with np.load(FIXTURE) as f:
+        x = f["x_test"][:N_DIGITS]
+    answered = Counter()
+    for image in x:
+        reply = requests.post(f"{server}/predict", json={"image": image.tolist()}, timeout=30)
+        assert reply.ok, reply.text
+        answered[str(reply.json()["digit"])] += 1
+    for reason, (kwargs, times) in BAD.items():
+        for _ in range(times):
+            reply = requests.post(f"{server}/predict", timeout=30, **kwargs)
+            assert reply.status_code == 400 and reply.json()["reason"] == reason, reply.text
+    wait_for_scrapes(prom, after=time.time())
+
+    digits_after = by(prom, BY_DIGIT, "digit")
+    moved = {d: digits_after[d] - digits_before.get(d, 0.0) for d in digits_after}
+    assert {d: n for d, n in moved.items() if n} == dict(answered)
+    reasons_after = by(prom, "sum by (reason) (digit_rejections_total)", "reason")
+    moved = {r: reasons_after[r] - reasons_before.get(r, 0.0) for r in reasons_after}
+    assert {r: n for r, n in moved.items() if n} == {r: n for r, (_, n) in BAD.items()}
+
+
+def test_latency_quantile_is_recorded_and_positive(prom):
+    rule = 'endpoint:bentoml_service_request_duration_seconds:p95_5m{endpoint="/predict"}'
+    assert finite(prom, rule) > 0
+    raw = query(
+        prom,
+        "histogram_quantile(0.5, sum by (le) "
+        '(rate(bentoml_service_request_duration_seconds_bucket{endpoint="/predict"}[1m])))',
+    )
+    assert raw and float(raw[0]["value"][1]) > 0
+
+
+def test_model_version_series_carries_the_served_version(served, prom):
+    info = requests.get(f"{served['url']}/model", timeout=10).json()
+    (series,) = query(prom, "digit_model_info == 1")
+    assert series["metric"]["model_version"] == info["version"] == "1"
+    assert series["metric"]["bento_tag"] == info["bento_tag"]
+    assert series["metric"]["run_id"] == info["run_id"]
+
+
+def test_the_packaged_drift_reference_is_exported_and_compared(served, prom):
+    stats = json.loads((served["dir"] / "data/prepared/stats.json").read_text())
+    reference = stats["drift_reference"]
+    assert by(prom, "digit_reference_images", "job") == {JOB: reference["n_images"]}
+    shares = by(prom, "digit_reference_ink_mean_share", "le")
+    counts = np.cumsum(reference["ink_mean"]["counts"]) / reference["n_images"]
+    assert len(shares) == len(counts) and shares["+Inf"] == 1.0
+    assert shares["0.1"] == pytest.approx(counts[reference["ink_mean"]["buckets"].index(0.1)])
+    assert finite(prom, 'le:digit_input_ink_mean:share_rate30m{le="+Inf"}') == 1.0
+    live = by(prom, "le:digit_input_ink_mean:share_rate30m", "le")
+    assert set(live) == set(shares)  # the same bucket edges, spelled the same way
+    for name in ("digit:input_ink_mean_drift:ks30m", "digit:input_ink_box_pixels_drift:ks30m"):
+        value = finite(prom, name)
+        assert 0 <= value < 0.5, f"{name} = {value}: real test digits vs their training reference"
+
+
+def test_every_rule_evaluates_without_error(prom):
+    groups = requests.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) == 26
+    bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    assert not bad
+
+
+def test_every_dashboard_query_is_accepted(prom):
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    for expr in exprs:
+        query(prom, expr)  # asserts status "success"
+    drawn = [e for e in exprs if query(prom, e)]
+    assert len(drawn) >= len(exprs) - 4, set(exprs) - set(drawn)  # most panels have data already
