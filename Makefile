@@ -72,6 +72,7 @@ test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP) ## the unit tests only
+	@scripts/apt-ensure promtool:prometheus
 	$(BIN)/python -m pytest -m "not e2e"
 
 lint: $(STAMP) ## ruff lint and format check

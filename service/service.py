@@ -39,12 +39,14 @@ def _env_int(name: str, default: int) -> int:
 
 
 MODEL_TAG = os.environ.get("DIGIT_MODEL_TAG") or f"{load_params().register.model_name}:latest"
-WORKERS = _env_int("DIGIT_WORKERS", 1)
+# Measured with `make bench` on 2 cores: 2 workers without the access log serve 1.7-2× the requests
+# of 1 worker with it (bench/RESULTS.md).
+WORKERS = _env_int("DIGIT_WORKERS", 2)
 TF_THREADS = _env_int("DIGIT_TF_THREADS", max(1, (os.cpu_count() or 2) // WORKERS))
 MAX_BODY_BYTES = _env_int("DIGIT_MAX_BODY_BYTES", 8 * 1024 * 1024)
 MAX_QUEUE = _env_int("DIGIT_MAX_QUEUE", 4096)
 MODEL_BATCH = _env_int("DIGIT_MODEL_BATCH", 256)
-ACCESS_LOG = os.environ.get("DIGIT_ACCESS_LOG", "1") != "0"
+ACCESS_LOG = os.environ.get("DIGIT_ACCESS_LOG", "0") == "1"
 LIMITS = Limits(
     max_bytes=_env_int("DIGIT_MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
     max_pixels=_env_int("DIGIT_MAX_PIXELS", 40_000_000),

@@ -191,3 +191,15 @@ SERVICE_LIMITS = {"DIGIT_MAX_BATCH": 64, "DIGIT_MAX_BODY_BYTES": 1_000_000}
 def serve_cmd(target: str, port: int) -> list[str]:
     """`bentoml serve` of a service import path or a built Bento tag on 127.0.0.1:port."""
     return [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def second_server_env(env: dict[str, str], home: Path) -> dict[str, str]:
+    """`env` with a copy of its BentoML home at `home`, for a second server beside a running one.
+
+    Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` when it starts, which
+    silently resets the /metrics of a server already running on the same home.
+    """
+    shutil.copytree(
+        env["BENTOML_HOME"], home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir")
+    )
+    return {**env, "BENTOML_HOME": str(home)}

@@ -11,8 +11,9 @@ from tests.helpers import REPO, merge
 
 
 def _cfg(**train):
+    """The repo's train params with `train` overriding them; no warm-up unless a test asks."""
     raw = load(REPO / "params.yaml").model_dump()
-    return parse(merge(raw, {"train": train})).train
+    return parse(merge(raw, {"train": {"warmup_epochs": 0, **train}})).train
 
 
 def test_forward_macs_by_hand():

@@ -25,6 +25,7 @@ from tests.helpers import (
     SERVICE_PARAMS,
     free_port,
     run,
+    second_server_env,
     serve_cmd,
     serving,
 )
@@ -380,7 +381,7 @@ def test_docs_list_every_endpoint_with_typed_inputs(server):
 
 def test_overload_answers_503_with_retry_after(ws):
     """With no room to queue (DIGIT_MAX_QUEUE=0) every prediction is refused the way overload is."""
-    env = {**ws["env"], "DIGIT_MAX_QUEUE": "0"}
+    env = {**second_server_env(ws["env"], ws["root"] / "home-overload"), "DIGIT_MAX_QUEUE": "0"}
     port = free_port()
     cmd = serve_cmd("service.service:DigitClassifier", port)
     with serving(cmd, ws["dir"], env, port, ws["root"] / "overload.log") as url:
@@ -394,6 +395,7 @@ def test_overload_answers_503_with_retry_after(ws):
 def test_the_built_bento_serves_the_same_answers(ws, server, digits):
     env, d = ws["env"], ws["dir"]
     run([str(BIN / "bentoml"), "build"], d, env, timeout=300)
+    env = second_server_env(env, ws["root"] / "home-bento")
     port = free_port()
     x = digits[0][:8]
     with serving(
