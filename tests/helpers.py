@@ -150,9 +150,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(
-    cmd: list[str], cwd: Path, env: dict[str, str], port: int, log: Path, timeout: float = 180
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    timeout: float = 180,
+    ready: str = "/readyz",
 ) -> Iterator[str]:
-    """Start a real server, wait until /readyz answers 200, yield its base URL, stop it."""
+    """Start a real server, wait until `ready` answers 200, yield its base URL, stop it."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -166,7 +172,7 @@ def serving(
                     f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
                 )
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if requests.get(f"{url}{ready}", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise AssertionError(f"server not ready in {timeout}s:\n{log.read_text()[-4000:]}")

@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 import requests
 
 from monitoring.serve import DASHBOARD, JOB, command, render
-from tests.helpers import FIXTURE, free_port
+from tests.helpers import FIXTURE, free_port, serving
 
 pytestmark = pytest.mark.e2e
 SCRAPE_S = 1.0
@@ -42,34 +41,10 @@ BY_DIGIT = 'sum by (digit) (digit_predictions_total{endpoint="predict"})'
 def prometheus(root: Path, service_url: str) -> Iterator[str]:
     """Start Prometheus on a free port with the rendered config; yield its URL; stop it."""
     config = render(root, service_url.removeprefix("http://"), interval=f"{SCRAPE_S:g}s")
-    listen = f"127.0.0.1:{free_port()}"
-    log = root / "prometheus.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command(config, listen, root / "tsdb"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://{listen}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"prometheus exited:\n{log.read_text()[-4000:]}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{log.read_text()[-4000:]}"
-            time.sleep(0.2)
+    port = free_port()
+    cmd = command(config, f"127.0.0.1:{port}", root / "tsdb")
+    with serving(cmd, root, dict(os.environ), port, root / "prometheus.log", 60, "/-/ready") as url:
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
 
 
 def query(prom: str, expr: str) -> list[dict]:
