@@ -311,7 +311,9 @@ class DigitClassifier:
     ) -> SeenPrediction:
         """Classify a picture (scan, screenshot, phone photo): it is made MNIST-like first."""
         try:
-            x = from_image_bytes(Path(image).read_bytes(), LIMITS)[None]
+            # Decoding a photo takes milliseconds of CPU: off the event loop, which keeps serving.
+            data = Path(image).read_bytes()
+            x = (await asyncio.to_thread(from_image_bytes, data, LIMITS))[None]
         except Rejected as exc:
             return self._refuse("predict_image", exc, ctx)
         probs = await self._classify(x, "predict_image", ctx)
@@ -327,7 +329,7 @@ class DigitClassifier:
     ) -> SeenPrediction:
         """Classify what a person drew on an HTML canvas."""
         try:
-            x = from_data_url(data_url, LIMITS)[None]
+            x = (await asyncio.to_thread(from_data_url, data_url, LIMITS))[None]
         except Rejected as exc:
             return self._refuse("predict_canvas", exc, ctx)
         probs = await self._classify(x, "predict_canvas", ctx)
