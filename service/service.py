@@ -42,7 +42,8 @@ MODEL_TAG = os.environ.get("DIGIT_MODEL_TAG") or f"{load_params().register.model
 # Measured with `make bench` on 2 cores: 2 workers without the access log serve 1.7-2× the requests
 # of 1 worker with it (bench/RESULTS.md).
 WORKERS = _env_int("DIGIT_WORKERS", 2)
-TF_THREADS = _env_int("DIGIT_TF_THREADS", max(1, (os.cpu_count() or 2) // WORKERS))
+# Each worker may use every core: at low load one worker is busy and gets them all (make bench).
+TF_THREADS = _env_int("DIGIT_TF_THREADS", os.cpu_count() or 2)
 MAX_BODY_BYTES = _env_int("DIGIT_MAX_BODY_BYTES", 8 * 1024 * 1024)
 MAX_QUEUE = _env_int("DIGIT_MAX_QUEUE", 4096)
 MODEL_BATCH = _env_int("DIGIT_MODEL_BATCH", 256)
@@ -133,7 +134,7 @@ def _swagger_page() -> str:
 @bentoml.service(
     name="digit_classifier",
     workers=WORKERS,
-    resources={"cpu": str(TF_THREADS * WORKERS)},
+    resources={"cpu": str(os.cpu_count() or 2)},
     traffic={"timeout": 30},
     logging={"access": {"enabled": ACCESS_LOG}},
 )
