@@ -12,8 +12,9 @@ import asyncio
 import io
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -311,14 +312,7 @@ class DigitClassifier:
         ctx: bentoml.Context = None,
     ) -> SeenPrediction:
         """Classify a picture (scan, screenshot, phone photo): it is made MNIST-like first."""
-        try:
-            # Decoding a photo takes milliseconds of CPU: off the event loop, which keeps serving.
-            data = Path(image).read_bytes()
-            x = (await asyncio.to_thread(from_image_bytes, data, LIMITS))[None]
-        except Rejected as exc:
-            return self._refuse("predict_image", exc, ctx)
-        probs = await self._classify(x, "predict_image", ctx)
-        return probs if isinstance(probs, JSONResponse) else self._one(probs, x)
+        return await self._picture(from_image_bytes, Path(image).read_bytes(), "predict_image", ctx)
 
     @bentoml.api
     async def predict_canvas(
@@ -329,11 +323,18 @@ class DigitClassifier:
         ctx: bentoml.Context = None,
     ) -> SeenPrediction:
         """Classify what a person drew on an HTML canvas."""
+        return await self._picture(from_data_url, data_url, "predict_canvas", ctx)
+
+    async def _picture(
+        self, decode: Callable[[Any, Limits], np.ndarray], data: Any, endpoint: str, ctx
+    ) -> SeenPrediction | JSONResponse:
+        """Decode a picture the MNIST way (off the event loop: milliseconds of CPU for a photo),
+        classify it, and return what the model saw with the answer."""
         try:
-            x = (await asyncio.to_thread(from_data_url, data_url, LIMITS))[None]
+            x = (await asyncio.to_thread(decode, data, LIMITS))[None]
         except Rejected as exc:
-            return self._refuse("predict_canvas", exc, ctx)
-        probs = await self._classify(x, "predict_canvas", ctx)
+            return self._refuse(endpoint, exc, ctx)
+        probs = await self._classify(x, endpoint, ctx)
         return probs if isinstance(probs, JSONResponse) else self._one(probs, x)
 
     @bentoml.api
