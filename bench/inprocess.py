@@ -1,7 +1,9 @@
-"""The ceiling: the packaged Keras model called directly, with no HTTP, JSON or queue in the way.
+"""The ceiling: the packaged model called the way the service calls it, with no HTTP in the way.
 
 Runs in its own process (`python -m bench.inprocess --tag mnist-cnn:v5-...`), after the servers have
-stopped, and prints one JSON line: the numbers the served figures are compared against.
+stopped, and prints one JSON line: the numbers the served figures are compared against. The call
+is the service's own (`service.forward.traced`: one traced graph, CHUNK images per call) with
+every core given to TensorFlow, so no server on this machine can classify faster than this.
 """
 
 from __future__ import annotations
@@ -20,34 +22,36 @@ from bench.payloads import digits
 
 
 def measure(tag: str, batch: int, reps: int, threads: int) -> dict[str, float]:
-    """Median wall time of `model(x, training=False)` on a uint8 batch and on a single image."""
-    import tensorflow as tf
+    """Median wall time of the service's forward call on a uint8 batch and on a single image."""
+    from service.forward import CHUNK, set_threads, traced
 
-    # The same thread budget as one service worker (DIGIT_TF_THREADS), so the ceiling compares.
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    set_threads(1, threads)  # as a service worker runs a large batch: chunks side by side
     import bentoml
     import keras
 
+    from pipelines.model import forward_macs
+
     model = keras.saving.load_model(bentoml.models.get(tag).path_of("model.keras"), compile=False)
+    forward = traced(model, CHUNK, threads)
     x, y = digits(batch)
-    x = x[..., None]
 
     def timed(inputs: np.ndarray) -> float:
         t0 = time.perf_counter()
-        np.asarray(model(inputs, training=False))  # as the service does: result in numpy
+        forward(inputs)
         return time.perf_counter() - t0
 
     for _ in range(3):
         timed(x)
     batch_s = statistics.median(timed(x) for _ in range(reps))
-    accuracy = float((np.asarray(model(x, training=False)).argmax(1) == y).mean())
+    accuracy = float((forward(x).argmax(1) == y).mean())
     one = x[:1]
     for _ in range(20):
         timed(one)
     singles = sorted(timed(one) for _ in range(200))
+    macs = forward_macs(model)
     return {
         "batch": batch,
+        "chunk": CHUNK,
         "batch_ms": batch_s * 1e3,
         "batch_images_per_s": batch / batch_s,
         "single_ms_p50": statistics.median(singles) * 1e3,
@@ -55,6 +59,8 @@ def measure(tag: str, batch: int, reps: int, threads: int) -> dict[str, float]:
         "single_images_per_s": 1 / statistics.median(singles),
         "accuracy_on_batch": accuracy,
         "threads": threads,
+        "macs_per_image": macs,
+        "gflops": 2 * macs * batch / batch_s / 1e9,
     }
 
 
@@ -63,7 +69,7 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="BentoML model tag, e.g. mnist-cnn:latest")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("DIGIT_TF_THREADS", 2)))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     print(json.dumps(measure(args.tag, args.batch, args.reps, args.threads)), flush=True)
 

@@ -88,4 +88,11 @@ def describe() -> dict[str, str]:
         "load average at start": load_average(),
         "versions": versions(),
         "load generator": f"{wrk_version()}, on the same machine, 127.0.0.1",
+        "service settings": service_settings(),
     }
+
+
+def service_settings() -> str:
+    """The DIGIT_* variables our server inherits: an A/B run sets some (bench/RESULTS.md)."""
+    given = sorted(f"`{k}={v}`" for k, v in os.environ.items() if k.startswith("DIGIT_"))
+    return ", ".join(given) if given else "the defaults (no `DIGIT_*` variable set)"

@@ -73,12 +73,15 @@ def inprocess_section(run: Run) -> str:
         return f"Not measured: {run.inprocess_error or 'unknown error'}"
     return (
         "| call | ms | images/s |\n| --- | ---: | ---: |\n"
-        f"| `model(x, training=False)`, batch of {ip['batch']:.0f} (median) "
+        f"| the service's forward call, batch of {ip['batch']:.0f} "
+        f"({ip['chunk']:.0f} per graph call; median) "
         f"| {ip['batch_ms']:.1f} | {ip['batch_images_per_s']:,.0f} |\n"
         f"| same, one image (median; p99 {ip['single_ms_p99']:.2f} ms) "
         f"| {ip['single_ms_p50']:.2f} | {ip['single_images_per_s']:,.0f} |\n\n"
-        f"{ip['threads']:.0f} TensorFlow threads (as one service worker); "
-        f"accuracy on the batch: {ip['accuracy_on_batch']:.1%}."
+        f"{ip['threads']:.0f} chunks side by side, one TensorFlow thread each (every core, as a "
+        f"service worker runs a large batch); accuracy on the batch: "
+        f"{ip['accuracy_on_batch']:.1%}. The model costs {ip['macs_per_image'] / 1e6:.2f} M "
+        f"multiply-adds per image, so the batch row runs at {ip['gflops']:.0f} GFLOP/s."
     )
 
 

@@ -8,13 +8,16 @@ job (a server that never starts, wrk failing); a missed target is a result, not 
 Environment: BENCH_DURATION (s per setting, 10), BENCH_WARMUP (s, 2), BENCH_CONNECTIONS (1,16,64),
 BENCH_THREADS (wrk threads, 2), BENCH_BATCH (images per batch request, 1000),
 BENCH_BATCH_CONNECTIONS (2), BENCH_TIMEOUT (wrk request timeout s, 10), BENCH_START_TIMEOUT (s per
-server start, 120), BENCH_OUTPUT (bench/RESULTS.md).
+server start, 120), BENCH_MLFLOW (1; 0 skips `mlflow models serve`, for quick A/B runs of our
+service), BENCH_OUTPUT (bench/RESULTS.md). Our server inherits the caller's DIGIT_* variables
+(e.g. `DIGIT_FAST_LANE=0 BENCH_MLFLOW=0 BENCH_OUTPUT=/tmp/ab.md make bench`); the report lists them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +49,7 @@ class Config:
     batch_connections: int
     timeout_s: int
     start_timeout_s: int
+    mlflow: bool
     output: Path
 
     @classmethod
@@ -67,6 +71,7 @@ class Config:
             batch_connections=num("BENCH_BATCH_CONNECTIONS", 2),
             timeout_s=num("BENCH_TIMEOUT", 10),
             start_timeout_s=num("BENCH_START_TIMEOUT", 120),
+            mlflow=os.environ.get("BENCH_MLFLOW", "1").strip() != "0",
             output=Path(os.environ.get("BENCH_OUTPUT") or ROOT / "bench" / "RESULTS.md"),
         )
 
@@ -204,6 +209,18 @@ def server_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": path, **extra}
 
 
+def private_home(tmp: Path, champ: Champion) -> Path:
+    """A BentoML home holding a copy of the champion alone. Every `bentoml serve` empties its
+    home's prometheus_multiproc_dir when it starts, which would freeze the /metrics of a `make
+    serve` running on the project's home."""
+    import bentoml
+
+    model = bentoml.models.get(champ.bento_tag)
+    home = tmp / "bentoml-home"
+    shutil.copytree(model.path, home / "models" / model.tag.name / model.tag.version)
+    return home
+
+
 def bench_ours(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
     image, label = payloads.single()
     images, labels = payloads.digits(cfg.batch)
@@ -219,7 +236,7 @@ def bench_ours(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
     base = f"http://127.0.0.1:{port}"
     argv = [str(BIN / "bentoml"), "serve", "service.service:DigitClassifier"]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
-    env = server_env(DIGIT_MODEL_TAG=champ.bento_tag)
+    env = server_env(DIGIT_MODEL_TAG=champ.bento_tag, BENTOML_HOME=str(private_home(tmp, champ)))
     settings = [Setting("ours", "/predict", c) for c in cfg.connections]
     batch_settings = [
         Setting("ours", endpoint, cfg.batch_connections, cfg.batch)
@@ -328,7 +345,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="digit-bench-") as tmp:
             bench_ours(cfg, champ, Path(tmp), run)
-            bench_mlflow(cfg, champ, Path(tmp), run)
+            if cfg.mlflow:
+                bench_mlflow(cfg, champ, Path(tmp), run)
         bench_inprocess(cfg, champ, run)
     except load.LoadError as err:
         run.problems.append(str(err))

@@ -75,31 +75,28 @@ class Guard:
         if length is not None and length.isdigit():
             size = int(length)
             if size > self.max_body_bytes:
-                await self._refuse(send, endpoint, "too_large", self._too_large(size, hint), 413)
+                await self._refuse(
+                    send, endpoint, "too_large", self._too_large(f"{size:,}", hint), 413
+                )
                 return
             if size == 0:
                 await self._refuse(send, endpoint, "empty_body", f"the body is empty. {hint}", 400)
                 return
         else:  # chunked: read it here, within the limit, then hand it on
-            body, more = bytearray(), True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > self.max_body_bytes:
-                    await self._refuse(
-                        send, endpoint, "too_large", self._too_large(len(body), hint), 413
-                    )
-                    return
+            body = await read_body(receive, self.max_body_bytes)
+            if body is None:
+                message = self._too_large(f"over {self.max_body_bytes:,}", hint)
+                await self._refuse(send, endpoint, "too_large", message, 413)
+                return
             if not body:
                 await self._refuse(send, endpoint, "empty_body", f"the body is empty. {hint}", 400)
                 return
-            receive = _replay(bytes(body))
+            receive = replay(body)
         await self.app(scope, receive, _Rewriter(send, endpoint, hint))
 
-    def _too_large(self, size: int, hint: str) -> str:
+    def _too_large(self, size: str, hint: str) -> str:
         return (
-            f"the body is {size:,} bytes; this service accepts at most {self.max_body_bytes:,} "
+            f"the body is {size} bytes; this service accepts at most {self.max_body_bytes:,} "
             f"(DIGIT_MAX_BODY_BYTES). Send a smaller picture or split the batch. {hint}"
         )
 
@@ -111,7 +108,20 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
 
-def _replay(body: bytes) -> Receive:
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None as soon as it grows past `limit` bytes."""
+    body, more = bytearray(), True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if limit is not None and len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def replay(body: bytes) -> Receive:
+    """A `receive` that hands an already-read body to the next app."""
     sent = False
 
     async def receive() -> Message:

@@ -37,12 +37,10 @@ def test_waiting_requests_share_one_model_call_and_get_their_own_answers():
     model, observed = SlowModel(), []
 
     async def main():
-        b = MicroBatcher(
-            model, max_batch=64, max_queue=100, on_batch=lambda n, s: observed.append(n)
-        )
-        first = asyncio.create_task(b(images(1)))
+        b = MicroBatcher(model, max_batch=64, max_queue=100, on_batch=observed.append)
+        first = asyncio.create_task(b(images(1), "one"))
         await asyncio.sleep(0.01)  # the model is now busy with the first request
-        rest = await asyncio.gather(*(b(images(k, k + 100)) for k in range(2, 12)))
+        rest = await asyncio.gather(*(b(images(k, k + 100), f"e{k}") for k in range(2, 12)))
         b.close()
         return await first, rest
 
@@ -51,7 +49,13 @@ def test_waiting_requests_share_one_model_call_and_get_their_own_answers():
     for k, out in zip(range(2, 12), rest, strict=True):
         assert out.tolist() == [[k], [k + 100]]  # each caller gets exactly its own rows
     assert model.calls == [1, 20]  # the ten that waited went in one call
-    assert observed == [1, 20]
+    # on_batch hears of each call: its rows in order, their outputs, each row's tag, a time
+    assert [len(b.images) for b in observed] == [1, 20]
+    assert observed[1].images[:, 0, 0].tolist() == [v for k in range(2, 12) for v in (k, k + 100)]
+    assert observed[1].outputs[:, 0].tolist() == observed[1].images[:, 0, 0].tolist()
+    assert observed[0].tags == ["one"]
+    assert observed[1].tags == [f"e{k}" for k in range(2, 12) for _ in range(2)]
+    assert all(b.seconds >= 0.04 for b in observed)  # SlowModel waits 0.05 s per call
 
 
 def test_batches_respect_max_batch_and_an_oversized_request_goes_alone():

@@ -7,6 +7,7 @@ packaged Keras model in-process."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import re
 import tarfile
@@ -372,6 +373,26 @@ def test_bad_input_gets_a_clear_4xx_counted_by_reason(server, case):
     assert ok.status_code == 200  # the same worker keeps serving
 
 
+def test_a_worker_closes_a_keep_alive_connection_every_hundred_responses(server):
+    """DIGIT_KEEPALIVE_REQUESTS (100): so connections opened in a burst spread over the workers."""
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    closed_at = None
+    for n in range(1, 102):  # one connection reaches one worker; every 100th of its replies
+        conn.request("GET", "/model")
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 200
+        if reply.getheader("Connection") == "close":
+            closed_at = n
+            break
+    assert closed_at is not None and closed_at <= 100, closed_at
+    assert conn.sock is None  # http.client saw the close and dropped the socket
+    conn.request("GET", "/model")  # ... and the next request simply reconnects
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
 def test_docs_list_every_endpoint_with_typed_inputs(server):
     spec = requests.get(f"{server}/docs.json", timeout=10).json()
     for path in ("/predict", "/predict_batch", "/predict_npy", "/predict_image", "/predict_canvas"):
@@ -393,14 +414,26 @@ def test_overload_answers_503_with_retry_after(ws):
 
 
 def test_the_built_bento_serves_the_same_answers(ws, server, digits):
+    """The built Bento, served with the /predict fast lane off (DIGIT_FAST_LANE=0, so BentoML's
+    own request path answers), gives the same replies as the source tree with the lane on: the
+    Bento is complete, and the fast lane answers byte for byte what the API would."""
     env, d = ws["env"], ws["dir"]
     run([str(BIN / "bentoml"), "build"], d, env, timeout=300)
-    env = second_server_env(env, ws["root"] / "home-bento")
+    env = {**second_server_env(env, ws["root"] / "home-bento"), "DIGIT_FAST_LANE": "0"}
     port = free_port()
     x = digits[0][:8]
     with serving(
         serve_cmd("digit_classifier:latest", port), d, env, port, ws["root"] / "bento.log"
     ) as url:
+        for image in x[:3]:
+            for scale, values in (("0-255", image.tolist()), ("0-1", (image / 255).tolist())):
+                body = {"image": values, "scale": scale}
+                api = requests.post(f"{url}/predict", json=body, timeout=60)
+                lane = requests.post(f"{server}/predict", json=body, timeout=60)
+                assert api.status_code == lane.status_code == 200, api.text
+                assert lane.content == api.content
+                for header in ("Content-Type", "X-Model-Version"):
+                    assert lane.headers[header] == api.headers[header], header
         for path, kwargs in (
             ("predict_batch", {"json": {"images": x.tolist()}}),
             ("predict_image", {"files": {"image": ("d.png", render(x[0], "canvas_png"))}}),
