@@ -66,6 +66,8 @@ def lane():
         answered.append(body)
         if body == b'{"mine":1}':
             return b'{"ok":true}', [(b"x-model-version", b"7")]
+        if body == b'{"boom":1}':
+            raise RuntimeError("the model failed")
         return None
 
     fastlane.register("/test-lane", handler)
@@ -91,6 +93,13 @@ def test_what_the_handler_declines_reaches_the_api_byte_for_byte(lane):
     assert (status, reply, headers[b"x-by"]) == (201, b"api", b"api")
     assert lane == [body]
     assert behind.bodies == [body]
+
+
+def test_a_failing_handler_leaves_the_answer_to_the_api(lane):
+    behind = Behind()
+    status, _, reply = call(FastLane(behind), "/test-lane", b'{"boom":1}')
+    assert (status, reply) == (201, b"api")
+    assert behind.bodies == [b'{"boom":1}']
 
 
 @pytest.mark.parametrize(
