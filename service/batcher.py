@@ -12,6 +12,7 @@ themselves.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class Overloaded(RuntimeError):
@@ -131,7 +134,10 @@ class MicroBatcher:
     def _run(self, batch: np.ndarray, tags: list[str]) -> np.ndarray:
         started = time.perf_counter()
         out = self.infer(batch)
-        self.on_batch(Batch(batch, out, tags, time.perf_counter() - started))
+        try:
+            self.on_batch(Batch(batch, out, tags, time.perf_counter() - started))
+        except Exception:  # counting must not fail the predictions it counts
+            log.exception("on_batch failed; the batch's answers are still returned")
         return out
 
     def close(self) -> None:

@@ -109,3 +109,17 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs():
         return out
 
     assert asyncio.run(main()).tolist() == [[8.0]]
+
+
+def test_a_failing_on_batch_does_not_fail_the_answers(caplog):
+    def broken(batch):
+        raise ValueError("metrics broke")
+
+    async def main():
+        b = MicroBatcher(SlowModel(delay=0), max_batch=8, max_queue=10, on_batch=broken)
+        out = await b(images(5, 6))
+        b.close()
+        return out
+
+    assert asyncio.run(main()).tolist() == [[5], [6]]
+    assert "on_batch failed" in caplog.text
