@@ -21,11 +21,11 @@ import numpy as np
 from bench.payloads import digits
 
 
-def measure(tag: str, batch: int, reps: int, threads: int) -> dict[str, float]:
+def measure(tag: str, batch: int, reps: int, threads: int, intra: int = 1) -> dict[str, float]:
     """Median wall time of the service's forward call on a uint8 batch and on a single image."""
     from service.forward import CHUNK, set_threads, traced
 
-    set_threads(1, threads)  # as a service worker runs a large batch: chunks side by side
+    set_threads(intra, threads)  # as a service worker runs a large batch: chunks side by side
     import bentoml
     import keras
 
@@ -59,6 +59,7 @@ def measure(tag: str, batch: int, reps: int, threads: int) -> dict[str, float]:
         "single_images_per_s": 1 / statistics.median(singles),
         "accuracy_on_batch": accuracy,
         "threads": threads,
+        "intra_op_threads": intra,
         "macs_per_image": macs,
         "gflops": 2 * macs * batch / batch_s / 1e9,
     }
@@ -69,9 +70,19 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="BentoML model tag, e.g. mnist-cnn:latest")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="chunks run side by side (default: every core)",
+    )
+    parser.add_argument(
+        "--intra", type=int, default=1, help="TensorFlow threads inside one op (a worker's: 1)"
+    )
     args = parser.parse_args()
-    print(json.dumps(measure(args.tag, args.batch, args.reps, args.threads)), flush=True)
+    print(
+        json.dumps(measure(args.tag, args.batch, args.reps, args.threads, args.intra)), flush=True
+    )
 
 
 if __name__ == "__main__":

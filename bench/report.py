@@ -78,9 +78,9 @@ def inprocess_section(run: Run) -> str:
         f"| {ip['batch_ms']:.1f} | {ip['batch_images_per_s']:,.0f} |\n"
         f"| same, one image (median; p99 {ip['single_ms_p99']:.2f} ms) "
         f"| {ip['single_ms_p50']:.2f} | {ip['single_images_per_s']:,.0f} |\n\n"
-        f"{ip['threads']:.0f} chunks side by side, one TensorFlow thread each (every core, as a "
-        f"service worker runs a large batch); accuracy on the batch: "
-        f"{ip['accuracy_on_batch']:.1%}. The model costs {ip['macs_per_image'] / 1e6:.2f} M "
+        f"{ip['threads']:.0f} chunks side by side, {ip.get('intra_op_threads', 1):.0f} TensorFlow "
+        "thread(s) each (every core, as a service worker runs a large batch); accuracy on the "
+        f"batch: {ip['accuracy_on_batch']:.1%}. The model costs {ip['macs_per_image'] / 1e6:.2f} M "
         f"multiply-adds per image, so the batch row runs at {ip['gflops']:.0f} GFLOP/s."
     )
 

@@ -5,8 +5,9 @@ An eager Keras call costs ~30 ms of Python per call on 2 cores, a traced `tf.fun
 batch size, at most `chunk` images at a time (bounded memory per call). Threads: each worker gives
 TensorFlow few intra-op threads (idle ones spin and steal the CPU from the other worker under
 load) and runs the chunks of a large batch side by side instead, so one big request still gets
-every core: in-process, 1,000 images took 1,790 images/s as one thread, 3,250 as two chunks in
-parallel and 3,070 with two intra-op threads (2 cores).
+every core (`python -m bench.inprocess` on 2 cores, 1,000 images: 1,500-1,600 images/s one chunk
+at a time on one thread, 2,900-3,000 with two chunks side by side, 2,400-2,800 with two intra-op
+threads; `--threads`/`--intra` choose).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 BentoML's workers accept on one shared socket, and a client that opens its connections in a burst
 (a load balancer's pool, wrk) can land all of them on one worker; keep-alive then keeps them there,
-and that worker's event loop caps the service while the other one idles (seen under `make bench`:
-all 64 connections on one of two workers, about 940 instead of 1,300 requests/s). Like nginx's
-`keepalive_requests`, every `every`-th response of a worker says `Connection: close`; the client
-reconnects, and the new connection goes to whichever worker accepts it first, most often the less
-busy one, so the spread evens out within seconds and follows the load.
+and that worker's event loop caps the service while the other one idles (seen with `ss` under
+`make bench`: 64 of 64 connections on one of two workers; switched off, 1,080 instead of 1,343
+requests/s in the A/B runs of bench/RESULTS.md). Like nginx's `keepalive_requests`, every
+`every`-th response of a worker says `Connection: close`; the client reconnects, and the new
+connection goes to whichever worker accepts it first, most often the less busy one, so the spread
+evens out within seconds and follows the load.
 """
 
 from __future__ import annotations
