@@ -23,6 +23,9 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
+# The Bento model the service loads (the service reads no training config): the caller's
+# DIGIT_MODEL_TAG, else the latest import of params.yaml's register.model_name.
+MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.model_name):latest}
 
 .PHONY: help venv repro package serve run build bench monitor test test-fast lint format mlflow-ui lock clean
 
@@ -46,16 +49,17 @@ repro: $(STAMP) ## run the DVC pipeline (only the stages whose inputs changed)
 
 package: $(STAMP) ## import the registry's champion into the BentoML model store
 	@echo "==> packaging models:/champion into the BentoML store at $(BENTOML_HOME)"
-	$(BIN)/python -m service.package
+	$(BIN)/python -m pipelines.package
 
 serve: $(STAMP) ## serve the packaged champion on http://127.0.0.1:$(PORT)
 	@$(BIN)/python -m service.banner --port $(PORT)
-	$(BIN)/bentoml serve service.service:DigitClassifier --host 127.0.0.1 --port $(PORT)
+	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml serve service.service:DigitClassifier \
+		--host 127.0.0.1 --port $(PORT)
 
 run: repro package serve ## the whole path: venv, dvc repro, package, serve
 
 build: package ## build a Bento (service + champion) with bentofile.yaml
-	$(BIN)/bentoml build
+	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml build
 
 bench: package ## measure the served champion (vs mlflow serve) → bench/RESULTS.md
 	@scripts/apt-ensure wrk:wrk

@@ -83,9 +83,9 @@ def resolve_champion() -> Champion:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from pipelines.package import bento_tag
     from pipelines.params import load as load_params
     from pipelines.paths import tracking_uri
-    from service.package import bento_tag
 
     name = load_params().register.model_name
     try:

@@ -12,36 +12,25 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-INK = 127  # a pixel above this is ink (MNIST is white ink on black, 0-255)
-CENTRE = (27 / 2, 27 / 2)  # the geometric centre of a 28×28 image, in (row, col) pixel coordinates
+from common.image import SIDE, STROKE_LEVEL, extent, planes
 
-
-def _planes(images: np.ndarray) -> np.ndarray:
-    """(n, 28, 28) from (n, 28, 28) or (n, 28, 28, 1)."""
-    return images.reshape(images.shape[0], images.shape[1], images.shape[2])
+CENTRE = ((SIDE - 1) / 2, (SIDE - 1) / 2)  # the geometric centre, in (row, col) pixel coordinates
 
 
 def ink_area(images: np.ndarray) -> np.ndarray:
-    """Pixels of ink per image: a proxy for stroke thickness."""
-    return (_planes(images) > INK).sum(axis=(1, 2))
+    """Pixels of stroke per image: a proxy for stroke thickness."""
+    return (planes(images) > STROKE_LEVEL).sum(axis=(1, 2))
 
 
 def bbox_area(images: np.ndarray) -> np.ndarray:
     """Area of the ink's bounding box per image (0 for a blank image): a proxy for digit size."""
-    ink = _planes(images) > INK
-    rows, cols = ink.any(axis=2), ink.any(axis=1)
-
-    def span(mask: np.ndarray) -> np.ndarray:
-        first = mask.argmax(axis=1)
-        last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
-        return np.where(mask.any(axis=1), last - first + 1, 0)
-
-    return span(rows) * span(cols)
+    ink = planes(images) > STROKE_LEVEL
+    return extent(ink.any(axis=2)) * extent(ink.any(axis=1))
 
 
 def centre_offset(images: np.ndarray) -> np.ndarray:
     """Distance in pixels of the ink's centre of mass from the image centre (0 for a blank)."""
-    ink = (_planes(images) > INK).astype(np.float64)
+    ink = (planes(images) > STROKE_LEVEL).astype(np.float64)
     mass = ink.sum(axis=(1, 2))
     safe = np.where(mass > 0, mass, 1.0)
     r = np.arange(ink.shape[1], dtype=np.float64)
@@ -164,11 +153,11 @@ def gallery_figure(
     rows = max(1, math.ceil(len(wrong) / cols))
     fig = Figure(figsize=(cols * 1.0, rows * 1.15 + 0.4), dpi=80, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    planes = _planes(images)
+    digits = planes(images)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong, strict=False):
-        ax.imshow(planes[i], cmap="gray", vmin=0, vmax=255)
+        ax.imshow(digits[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{int(y_true[i])}→{int(y_pred[i])}", fontsize=9)
     total = int((np.asarray(y_true) != np.asarray(y_pred)).sum())
     fig.suptitle(

@@ -24,20 +24,13 @@ from matplotlib.figure import Figure
 from mlflow.models import Model, infer_signature
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
 
-from pipelines import analysis
+from pipelines import analysis, layout
 from pipelines.atomic import atomic_path, write_json
 from pipelines.data import load_split
-from pipelines.export import SAVED_MODEL, TFLITE, export_all
+from pipelines.export import export_all
 from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
-from pipelines.train import MODEL, RUN_INFO
-
-METRICS = Path("metrics/eval.json")
-CONFUSION = Path("plots/confusion.csv")
-LOGGED_MODEL = Path("models/logged_model.json")
-RELIABILITY = Path("plots/reliability.csv")
-GALLERY = Path("plots/misclassified.png")
 
 
 def scores(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -135,8 +128,8 @@ def log_run(
             "metrics/slices.json",
         )
         mlflow.log_dict(result, "metrics/eval.json")
-        mlflow.log_artifacts(str(ws / SAVED_MODEL), artifact_path="export/saved_model")
-        mlflow.log_artifact(str(ws / TFLITE), artifact_path="export")
+        mlflow.log_artifacts(str(ws / layout.SAVED_MODEL), artifact_path="export/saved_model")
+        mlflow.log_artifact(str(ws / layout.TFLITE), artifact_path="export")
         return log_model(net, example)
 
 
@@ -144,7 +137,7 @@ def main() -> None:
     p = start("evaluate")
     ws = workspace()
     x_test, y_test = load_split("test")
-    net = keras.saving.load_model(ws / MODEL)
+    net = keras.saving.load_model(ws / layout.MODEL)
     probs = net.predict(x_test, batch_size=1000, verbose=0)
     y_true, y_pred = y_test.astype(np.int64), probs.argmax(axis=1)
     result = scores(y_true, probs)
@@ -155,12 +148,12 @@ def main() -> None:
     result["slices"], result["slice_thresholds"] = analysis.slice_accuracy(x_test, y_true, y_pred)
     result["export_agreement"] = export_all(net, x_test, y_pred, ws)
 
-    with atomic_path(ws / CONFUSION) as tmp:
+    with atomic_path(ws / layout.CONFUSION) as tmp:
         rows = np.column_stack([y_test, y_pred])
         np.savetxt(tmp, rows, fmt="%d", delimiter=",", header="actual,predicted", comments="")
-    write_reliability_csv(ws / RELIABILITY, table)
+    write_reliability_csv(ws / layout.RELIABILITY, table)
     gallery, _ = analysis.gallery_figure(x_test, y_true, y_pred, p.evaluate.gallery_size)
-    save_figure(gallery, ws / GALLERY)
+    save_figure(gallery, ws / layout.GALLERY)
     display = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(10)))
     display.ax_.set_title(f"MNIST test set: accuracy {result['accuracy']:.2%}")
     figures = {
@@ -170,10 +163,10 @@ def main() -> None:
     }
 
     connect(p.mlflow.experiment)
-    run_id = read_json(ws / RUN_INFO)["run_id"]
+    run_id = read_json(ws / layout.RUN_INFO)["run_id"]
     model_uri = log_run(run_id, result, figures, net, x_test[:1])
-    write_json(ws / METRICS, result)
-    write_json(ws / LOGGED_MODEL, {"model_uri": model_uri, "run_id": run_id})
+    write_json(ws / layout.EVAL_METRICS, result)
+    write_json(ws / layout.LOGGED_MODEL, {"model_uri": model_uri, "run_id": run_id})
     agree = result["export_agreement"]
     print(
         f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "

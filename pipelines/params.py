@@ -148,3 +148,25 @@ def load(path: Path | None = None) -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     return parse(raw, str(path))
+
+
+def main() -> None:
+    """`python -m pipelines.params KEY`: print one value of params.yaml, e.g. for the Makefile
+    (`register.model_name` names the Bento model the service loads)."""
+    import sys
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m pipelines.params KEY (e.g. register.model_name)")
+    try:
+        value: object = load()
+        for part in sys.argv[1].split("."):
+            value = getattr(value, part)
+    except ParamsError as err:
+        raise SystemExit(str(err)) from None
+    except AttributeError:
+        raise SystemExit(f"params.yaml has no key {sys.argv[1]!r}") from None
+    print(value)
+
+
+if __name__ == "__main__":
+    main()

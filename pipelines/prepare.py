@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from common.drift import REFERENCE_KEY, reference
+from common.image import SHAPE
+from pipelines import layout
 from pipelines.atomic import save_npz, write_json
-from pipelines.drift import REFERENCE_KEY, reference
 from pipelines.log import fail, start
 from pipelines.paths import workspace
 from pipelines.sources import DataSourceError, Mnist, load_npz
 
-RAW = Path("data/raw/mnist.npz")
-OUT_DIR = Path("data/prepared")
 HIST_BINS = 16  # pixel-intensity histogram buckets of width 16 (0-15, 16-31, ...)
 
 
@@ -29,7 +28,7 @@ class DataValidationError(ValueError):
 
 
 def _check_images(name: str, x: np.ndarray, problems: list[str]) -> np.ndarray | None:
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
+    if x.ndim != 3 or x.shape[1:] != SHAPE:
         problems.append(f"{name}: expected shape (n, 28, 28), got {x.shape}")
         return None
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
@@ -119,8 +118,8 @@ def split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
 def stats(x: np.ndarray, y: np.ndarray) -> dict:
     """The training reference the service's live inputs are later compared against.
 
-    REFERENCE_KEY holds the ink-mean and ink-box histograms (pipelines/drift.py) that
-    `service.package` ships with the model and monitoring/ compares the live inputs with.
+    REFERENCE_KEY holds the ink-mean and ink-box histograms (common/drift.py) that
+    `pipelines.package` ships with the model and monitoring/ compares the live inputs with.
     """
     hist = np.bincount(x.reshape(-1) // (256 // HIST_BINS), minlength=HIST_BINS)
     return {
@@ -141,18 +140,18 @@ def main() -> None:
     ws = workspace()
     try:
         data = validate(
-            load_npz(ws / RAW), p.prepare.min_class_fraction, p.prepare.max_class_fraction
+            load_npz(ws / layout.RAW), p.prepare.min_class_fraction, p.prepare.max_class_fraction
         )
     except (DataSourceError, DataValidationError) as err:
         fail("prepare", err)
     x_tr, x_val, y_tr, y_val = split(data.x_train, data.y_train, p.prepare.val_fraction, p.seed)
-    out = ws / OUT_DIR
-    save_npz(out / "train.npz", x=x_tr, y=y_tr)
-    save_npz(out / "val.npz", x=x_val, y=y_val)
-    save_npz(out / "test.npz", x=data.x_test, y=data.y_test)
-    write_json(out / "stats.json", stats(x_tr, y_tr))
+    save_npz(ws / layout.split("train"), x=x_tr, y=y_tr)
+    save_npz(ws / layout.split("val"), x=x_val, y=y_val)
+    save_npz(ws / layout.split("test"), x=data.x_test, y=data.y_test)
+    write_json(ws / layout.STATS, stats(x_tr, y_tr))
     print(
-        f"prepare: train {len(y_tr)}, val {len(y_val)}, test {len(data.y_test)} → {OUT_DIR}/",
+        f"prepare: train {len(y_tr)}, val {len(y_val)}, test {len(data.y_test)} "
+        f"→ {layout.PREPARED}/",
         file=sys.stderr,
     )
 

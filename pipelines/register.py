@@ -9,20 +9,17 @@ skip this side effect.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines import layout
 from pipelines.atomic import write_json
-from pipelines.evaluate import LOGGED_MODEL
-from pipelines.evaluate import METRICS as EVAL_METRICS
 from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
 
-RECEIPT = Path("reports/register.json")
 CHAMPION, CHALLENGER = "champion", "challenger"
 LINEAGE_TAGS = ("git_commit", "data_hash")
 
@@ -58,8 +55,8 @@ def decide(
 def main() -> None:
     p = start("register")
     ws = workspace()
-    logged = read_json(ws / LOGGED_MODEL)
-    accuracy = float(read_json(ws / EVAL_METRICS)["accuracy"])
+    logged = read_json(ws / layout.LOGGED_MODEL)
+    accuracy = float(read_json(ws / layout.EVAL_METRICS)["accuracy"])
     name = p.register.model_name
 
     connect(p.mlflow.experiment)
@@ -85,7 +82,7 @@ def main() -> None:
         if promote
         else (int(champion[0]) if champion else None),
     }
-    write_json(ws / RECEIPT, receipt)
+    write_json(ws / layout.RECEIPT, receipt)
     print(f"register: {name} v{mv.version}: {receipt['decision']} ({reason})", file=sys.stderr)
 
 

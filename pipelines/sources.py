@@ -20,6 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from common.image import SIDE
+
 
 class DataSourceError(RuntimeError):
     """The raw data could not be obtained; the message says what to do about it."""
@@ -119,7 +121,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     pixels = np.round(scaled)
     if not np.array_equal(pixels, scaled) or pixels.min() < 0 or pixels.max() > 255:
         raise DataSourceError("mnist.pkl.gz does not hold uint8/256 pixels: refusing to guess")
-    return pixels.astype(np.uint8).reshape(-1, 28, 28)
+    return pixels.astype(np.uint8).reshape(-1, SIDE, SIDE)
 
 
 def parse_mnist_pickle(blob: bytes) -> Mnist:

@@ -9,23 +9,18 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import tensorflow as tf
 
+from pipelines import layout
 from pipelines import model as model_mod
 from pipelines.atomic import atomic_path, write_json
 from pipelines.data import load_split
 from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, data_hash, flatten, git_commit
-
-MODEL = Path("models/model.keras")
-RUN_INFO = Path("models/mlflow_run.json")
-METRICS = Path("metrics/train.json")
-HISTORY = Path("plots/train/history.csv")
 
 
 def make_deterministic(seed: int) -> None:
@@ -74,7 +69,7 @@ def main() -> None:
                     verbose=1,
                 )
             )
-        with atomic_path(ws / HISTORY) as history_tmp:
+        with atomic_path(ws / layout.HISTORY) as history_tmp:
             callbacks.append(tf.keras.callbacks.CSVLogger(str(history_tmp)))
             started = time.perf_counter()
             hist = trainer.fit(
@@ -86,7 +81,7 @@ def main() -> None:
                 callbacks=callbacks,
             )
             wall = time.perf_counter() - started
-        with atomic_path(ws / MODEL) as model_tmp:
+        with atomic_path(ws / layout.MODEL) as model_tmp:
             net.save(model_tmp)
         epochs_run = len(hist.history["loss"])
         # Score the weights as saved (EMA-averaged, or the best epoch's): what evaluate will see.
@@ -110,10 +105,11 @@ def main() -> None:
                 "final_val_accuracy": summary["val_accuracy"],
             }
         )
-        mlflow.log_artifact(str(ws / HISTORY), artifact_path="plots")
-        write_json(ws / METRICS, summary)
+        mlflow.log_artifact(str(ws / layout.HISTORY), artifact_path="plots")
+        write_json(ws / layout.TRAIN_METRICS, summary)
         write_json(
-            ws / RUN_INFO, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+            ws / layout.RUN_INFO,
+            {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id},
         )
     print(
         f"train: val accuracy {summary['val_accuracy']:.4f} in {wall:.0f} s, "

@@ -12,31 +12,11 @@ rows of ints 0-255, small enough to send as JSON and draw on a canvas.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, Field
 
-SIDE = 28
-MAX_CHANNELS = 16  # feature maps per layer sent to the page (the first ones)
+from common.image import SIDE
+from service.schemas import MAX_CHANNELS, Explanation, FeatureMaps
+
 FEATURE_LAYERS = 2  # how many convolution layers to show, from the input side
-
-
-class FeatureMaps(BaseModel):
-    layer: str = Field(description="The convolution layer's name in the model")
-    channels: int = Field(description=f"Its channel count (maps holds the first {MAX_CHANNELS})")
-    maps: list[list[list[int]]] = Field(
-        description="(channel, row, column) after ReLU, each channel scaled to 0-255"
-    )
-
-
-class Explanation(BaseModel):
-    digit: int = Field(description="The class explained: the model's answer")
-    probabilities: list[float] = Field(description="Probability of each digit 0-9")
-    features: list[FeatureMaps] = Field(description="The first convolution layers' feature maps")
-    gradcam: list[list[int]] = Field(
-        description="28×28, 0-255: Grad-CAM of the last convolution layer for `digit`"
-    )
-    saliency: list[list[int]] = Field(
-        description="28×28, 0-255: |d probability / d pixel|, the pixels that would move it most"
-    )
 
 
 def to_byte(values: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from common.image import MODEL_INPUT
+
 CHUNK = 256  # images per graph call (DIGIT_MODEL_BATCH): larger costs memory, not speed, here
 
 
@@ -36,7 +38,7 @@ def traced(model, chunk: int = CHUNK, parallel: int = 1) -> Callable[[np.ndarray
 
     graph = tf.function(
         lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8)],
+        input_signature=[tf.TensorSpec([None, *MODEL_INPUT], tf.uint8)],
     )
     pool = ThreadPoolExecutor(parallel, thread_name_prefix="forward") if parallel > 1 else None
 

@@ -13,9 +13,14 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.utils import floatToGoString
 
-from pipelines.drift import INK_BOX_BUCKETS, INK_MEAN_BUCKETS, cumulative_shares
+from common.drift import (
+    INK_BOX_BUCKETS,
+    INK_MEAN_BUCKETS,
+    DriftReference,
+    cumulative_shares,
+    ink_stats,
+)
 from service.batcher import Batch
-from service.preprocess import ink_stats
 
 PREDICTIONS = Counter(
     "digit_predictions",
@@ -100,12 +105,20 @@ def observe_batch(batch: Batch, model_version: str) -> None:
         INK_BOX.observe(box)
 
 
-def export_reference(reference: dict) -> None:
-    """Publish prepare's drift reference ({"n_images", "ink_mean", "ink_box_pixels"}) as gauges."""
-    for gauge, key in ((REFERENCE_INK_MEAN, "ink_mean"), (REFERENCE_INK_BOX, "ink_box_pixels")):
-        for le, share in cumulative_shares(reference[key]):
+def export_reference(reference: DriftReference) -> None:
+    """Publish prepare's drift reference (packaged in the model card) as gauges."""
+    for gauge, histogram in (
+        (REFERENCE_INK_MEAN, reference.ink_mean),
+        (REFERENCE_INK_BOX, reference.ink_box_pixels),
+    ):
+        for le, share in cumulative_shares(histogram):
             gauge.labels(floatToGoString(le)).set(share)
-    REFERENCE_IMAGES.set(reference["n_images"])
+    REFERENCE_IMAGES.set(reference.n_images)
+
+
+def serving(name: str, version: str, run_id: str, bento_tag: str) -> None:
+    """Say which model this worker serves (digit_model_info = 1)."""
+    MODEL_INFO.labels(name, version, run_id, bento_tag).set(1)
 
 
 def reject(reason: str, endpoint: str) -> None:

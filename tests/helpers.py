@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import requests
 import yaml
+
+from bench.servers import free_port as free_port
+from bench.servers import running
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "mnist-sample.npz"
@@ -21,6 +21,7 @@ BIN = Path(sys.executable).parent
 
 # What a workspace copy needs: the code, the pipeline definition and the fixture data.
 PROJECT_FILES = [
+    "common",
     "pipelines",
     "service",
     "examples",
@@ -59,23 +60,40 @@ TINY_PARAMS = {
 }
 
 
-def isolated_env(root: Path) -> dict[str, str]:
-    """Environment whose MLflow store and BentoML home live under `root`, never the user's."""
-    env = dict(os.environ)
+# What a test's processes take from the caller's environment, and nothing else: where programs and
+# the user's home are, the locale and time zone, temp dirs, CA certificates, and the OpenBLAS
+# overrides some CPUs here need. So a user's MLFLOW_*, DVC_*, BENTOML_* or DIGIT_* settings never
+# reach a test (with DIGIT_FAST_LANE=0 inherited, the lane comparison would compare the API with
+# itself).
+INHERITED = ("HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "TERM")
+INHERITED_PREFIXES = ("LC_", "OPENBLAS_", "SSL_CERT_")
+# Variables whose presence in the test process itself would change what in-process code does;
+# tests/conftest.py removes them before any test runs.
+FOREIGN_PREFIXES = ("MLFLOW_", "DVC_", "BENTOML_", "DIGIT_", "PROMETHEUS_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A fresh environment from the allowlist above, the venv first on PATH, plus `extra`."""
+    env = {
+        k: v for k, v in os.environ.items() if k in INHERITED or k.startswith(INHERITED_PREFIXES)
+    }
     env.update(
         {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "BENTOML_HOME": str(root / "bentoml"),
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "BENTOML_DO_NOT_TRACK": "true",
             "DVC_NO_ANALYTICS": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )
-    env.pop("MLFLOW_ARTIFACT_ROOT", None)
-    env.pop("DIGIT_MODEL_TAG", None)
-    return env
+    return {**env, **extra}
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """A clean environment whose MLflow store and BentoML home live under `root`."""
+    return clean_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", BENTOML_HOME=str(root / "bentoml")
+    )
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -142,12 +160,6 @@ def run(
     return proc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(
     cmd: list[str],
@@ -158,34 +170,13 @@ def serving(
     timeout: float = 180,
     ready: str = "/readyz",
 ) -> Iterator[str]:
-    """Start a real server, wait until `ready` answers 200, yield its base URL, stop it."""
+    """Start a real server, wait until `ready` answers 200, yield its base URL, stop it and every
+    process it started (bench/servers.py, the runner `make bench` uses too)."""
     url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-                )
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}{ready}", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready in {timeout}s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with running(
+        Path(cmd[0]).name, cmd, f"{url}{ready}", cwd=cwd, log=log, env=env, timeout_s=timeout
+    ):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
 
 
 # The served fixture model (tests/conftest.py): longer training than TINY_PARAMS, so pictures of

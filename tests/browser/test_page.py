@@ -247,14 +247,17 @@ def test_drawn_one_is_answered_like_the_api_answers_its_pixels(server, browser):
 def test_undo_clear_and_predict_button(server, browser):
     open_page(browser, server)
     draw(browser, SEVEN[:3])  # the bar of a 7 alone
-    answered(browser, 0)
+    bar_seen = answered(browser, 0)["reply"]["seen"]
+    bar_pad = canvas_pixels(browser, "pad")
     before = requests_made(browser)
     draw(browser, SEVEN[2:])
-    answered(browser, before)
+    assert answered(browser, before)["reply"]["seen"] != bar_seen
+    assert not np.array_equal(canvas_pixels(browser, "pad"), bar_pad)
     before = requests_made(browser)
-    browser.find_element("id", "undo").click()  # back to the bar: asked again
+    browser.find_element("id", "undo").click()  # back to the bar: the stroke is gone, asked again
     state = answered(browser, before)
-    assert state["reply"]["seen"] is not None
+    assert np.array_equal(canvas_pixels(browser, "pad"), bar_pad)
+    assert state["reply"]["seen"] == bar_seen
     browser.find_element("id", "clear").click()
     assert browser.execute_script("return document.getElementById('result').dataset.state") == (
         "empty"

@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from service import fastlane
-from service.fastlane import FastLane
-from service.recycle import Recycle
+from service.http import fastlane
+from service.http.fastlane import FastLane
+from service.http.recycle import Recycle
 
 
 class Behind:

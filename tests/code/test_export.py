@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import export
+from pipelines import export, layout
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,11 @@ def test_exports_agree_with_keras_on_every_image(net, tmp_path):
     reference = net.predict(x, verbose=0)
     agree = export.export_all(net, x, reference.argmax(axis=1), tmp_path)
     assert agree == {"saved_model": 1.0, "tflite": 1.0}
-    assert (tmp_path / export.SAVED_MODEL / "saved_model.pb").is_file()
-    assert (tmp_path / export.TFLITE).stat().st_size > 0
+    assert (tmp_path / layout.SAVED_MODEL / "saved_model.pb").is_file()
+    assert (tmp_path / layout.TFLITE).stat().st_size > 0
     for probs in (
-        export.predict_saved_model(tmp_path / export.SAVED_MODEL, x, batch=100),
-        export.predict_tflite(tmp_path / export.TFLITE, x, batch=100),
+        export.predict_saved_model(tmp_path / layout.SAVED_MODEL, x, batch=100),
+        export.predict_tflite(tmp_path / layout.TFLITE, x, batch=100),
     ):
         assert probs.shape == (250, 10)
         np.testing.assert_allclose(probs, reference, atol=1e-5)

@@ -1,16 +1,19 @@
 """The service as users meet it: a real `bentoml serve` of a model the real pipeline trained.
 
 The session fixture `served` (tests/conftest.py) trains the fixture model (`dvc repro`), packages
-the champion and serves it with small limits (so the over-limit cases stay small). Every endpoint,
-every kind of bad input and the metrics are checked over HTTP; the expected answers come from the
-packaged Keras model in-process."""
+the champion and serves it with small limits (so the over-limit cases stay small); `bento_served`
+serves the Bento built from it, with the /predict fast lane off. Every test that takes `server`
+runs against both: every endpoint, every kind of bad input and the metrics, over HTTP; the
+expected answers come from the packaged Keras model in-process."""
 
 from __future__ import annotations
 
 import http.client
 import io
+import json
 import re
 import tarfile
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 import requests
 
+from service.inputs.pictures import from_image_bytes
 from tests.helpers import (
     BIN,
     FIXTURE,
@@ -42,9 +46,10 @@ def ws(served):
     return served
 
 
-@pytest.fixture(scope="module")
-def server(served):
-    return served["url"]
+@pytest.fixture(scope="module", params=["source", "bento"])
+def server(request) -> str:
+    """The source tree's server (fast lane on), then the built Bento's (BentoML's own path)."""
+    return request.getfixturevalue("served" if request.param == "source" else "bento_served")["url"]
 
 
 @pytest.fixture(scope="module")
@@ -133,37 +138,52 @@ def test_batch_json_and_npy_answer_every_item_like_the_model(server, keras_model
 
 
 def test_concurrent_single_requests_are_batched_and_answered_correctly(server, keras_model, digits):
+    """48 connections, opened first, then all sending at once: the requests that reach a worker
+    together must share model calls (fewer calls than requests), and each caller must still get
+    its own image's answer back."""
     x = digits[0][:48]
     want = expected(keras_model, x).argmax(axis=1).tolist()
+    host, port = server.removeprefix("http://").split(":")
+    conns = [http.client.HTTPConnection(host, int(port), timeout=60) for _ in x]
+    for conn in conns:
+        conn.connect()
+    go = threading.Barrier(len(x))
     before = scrape(server)
 
     def one(i: int) -> int:
-        r = requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=60)
-        assert r.status_code == 200, r.text
-        return r.json()["digit"]
+        body = json.dumps({"image": x[i].tolist()})
+        go.wait()
+        conns[i].request("POST", "/predict", body, {"Content-Type": "application/json"})
+        reply = conns[i].getresponse()
+        assert reply.status == 200, reply.read()
+        return json.loads(reply.read())["digit"]
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(len(x)) as pool:
         got = list(pool.map(one, range(len(x))))
+    for conn in conns:
+        conn.close()
     assert got == want
     after = scrape(server)
     calls = metric(after, "digit_batch_size_count") - metric(before, "digit_batch_size_count")
     images = metric(after, "digit_batch_size_sum") - metric(before, "digit_batch_size_sum")
     assert images == len(x)
-    assert 1 <= calls <= len(x)
+    assert calls < len(x), f"{len(x)} concurrent requests took {calls} model calls: no batching"
 
 
 @pytest.mark.parametrize("style", STYLES)
 def test_uploads_in_every_format_are_read_like_mnist(server, keras_model, digits, style):
     x = digits[0][:6]
     for i in range(len(x)):
-        r = post_image(server, render(x[i], style, seed=i), name=f"digit-{style}")
+        upload = render(x[i], style, seed=i)
+        r = post_image(server, upload, name=f"digit-{style}")
         assert r.status_code == 200, (style, r.text)
         body = r.json()
         seen = np.array(body["seen"], np.uint8)
-        assert seen.shape == (28, 28)
+        # what it saw is exactly what service.inputs makes of the upload (tests/code/test_inputs.py
+        # holds that to the digit sent), and the answer is the model's for what it saw
+        assert np.array_equal(seen, from_image_bytes(upload))
         assert r.headers["X-Model-Version"] == body["model_version"] == "1"
-        assert body["digit"] == int(expected(keras_model, seen[None])[0].argmax())  # what it saw
-        assert np.corrcoef(seen.ravel(), x[i].ravel())[0, 1] > 0.7  # ...is the digit sent
+        assert body["digit"] == int(expected(keras_model, seen[None])[0].argmax())
 
 
 def test_canvas_data_url_goes_the_same_way_as_an_upload(server, digits):
@@ -174,22 +194,17 @@ def test_canvas_data_url_goes_the_same_way_as_an_upload(server, digits):
     assert canvas.json() == upload.json()
 
 
-def test_uploaded_pictures_score_within_half_a_point_of_raw_digits(server, digits):
-    """The issue's bar: people's pictures (canvas PNG, JPEG 75, transparent PNG) vs the 28×28s."""
+@pytest.mark.parametrize("style", STYLES)
+def test_uploaded_pictures_score_within_half_a_point_of_raw_digits(keras_model, digits, style):
+    """The bar for people's pictures (docs/api.md), for every upload style: the fixture's 200 test
+    digits uploaded that way and made MNIST-like by service.inputs (exactly what the server does,
+    test_uploads_in_every_format_are_read_like_mnist) score at most 0.5 points below the raw
+    28×28s, with the served fixture model. In process: the HTTP side is the test above."""
     x, y = digits
-    raw = [
-        p["digit"]
-        for i in range(0, len(x), MAX_BATCH)
-        for p in post_npy(server, x[i : i + MAX_BATCH]).json()["predictions"]
-    ]
-    raw_acc = np.mean(np.array(raw) == y)
-    for style in ("canvas_png", "jpeg75", "transparent_png"):
-        got = [
-            post_image(server, render(x[i], style, seed=i)).json()["digit"] for i in range(len(x))
-        ]
-        acc = np.mean(np.array(got) == y)
-        print(f"{style}: {acc:.3f} vs raw {raw_acc:.3f}")
-        assert acc >= raw_acc - 0.005, (style, acc, raw_acc)
+    raw = np.mean(expected(keras_model, x).argmax(axis=1) == y)
+    seen = np.stack([from_image_bytes(render(x[i], style, seed=i)) for i in range(len(x))])
+    acc = np.mean(expected(keras_model, seen).argmax(axis=1) == y)
+    assert acc >= raw - 0.005, (style, acc, raw)
 
 
 def test_model_info_says_what_is_served(ws, server):
@@ -413,41 +428,29 @@ def test_overload_answers_503_with_retry_after(ws):
         assert metric(scrape(url), "digit_rejections_total", reason="overloaded") == 1
 
 
-def test_the_built_bento_serves_the_same_answers(ws, server, digits):
-    """The built Bento, served with the /predict fast lane off (DIGIT_FAST_LANE=0, so BentoML's
-    own request path answers), gives the same replies as the source tree with the lane on: the
-    Bento is complete, and the fast lane answers byte for byte what the API would."""
-    env, d = ws["env"], ws["dir"]
-    run([str(BIN / "bentoml"), "build"], d, env, timeout=300)
-    env = {**second_server_env(env, ws["root"] / "home-bento"), "DIGIT_FAST_LANE": "0"}
-    port = free_port()
-    x = digits[0][:8]
-    with serving(
-        serve_cmd("digit_classifier:latest", port), d, env, port, ws["root"] / "bento.log"
-    ) as url:
-        for image in x[:3]:
-            for scale, values in (("0-255", image.tolist()), ("0-1", (image / 255).tolist())):
-                body = {"image": values, "scale": scale}
-                api = requests.post(f"{url}/predict", json=body, timeout=60)
-                lane = requests.post(f"{server}/predict", json=body, timeout=60)
-                assert api.status_code == lane.status_code == 200, api.text
-                assert lane.content == api.content
-                for header in ("Content-Type", "X-Model-Version"):
-                    assert lane.headers[header] == api.headers[header], header
-        for path, kwargs in (
-            ("predict_batch", {"json": {"images": x.tolist()}}),
-            ("predict_image", {"files": {"image": ("d.png", render(x[0], "canvas_png"))}}),
-        ):
-            built = requests.post(f"{url}/{path}", timeout=60, **kwargs)
-            local = requests.post(f"{server}/{path}", timeout=60, **kwargs)
-            assert built.status_code == local.status_code == 200, built.text
-            assert built.json() == local.json()
-        assert requests.get(f"{url}/model", timeout=10).json()["version"] == "1"
+def test_the_fast_lane_answers_byte_for_byte_what_the_api_would(served, bento_served, digits):
+    """/predict through the fast lane (the source tree's server) and through BentoML's own request
+    path (the Bento, DIGIT_FAST_LANE=0): the same bytes and headers, at both scales."""
+    for image in digits[0][:3]:
+        for scale, values in (("0-255", image.tolist()), ("0-1", (image / 255).tolist())):
+            body = {"image": values, "scale": scale}
+            lane = requests.post(f"{served['url']}/predict", json=body, timeout=60)
+            api = requests.post(f"{bento_served['url']}/predict", json=body, timeout=60)
+            assert api.status_code == lane.status_code == 200, api.text
+            assert lane.content == api.content
+            for header in ("Content-Type", "X-Model-Version"):
+                assert lane.headers[header] == api.headers[header], header
+
+
+def test_the_bento_holds_the_service_and_the_champion_but_no_training_code(ws, bento_served):
     archive = ws["root"] / "digit_classifier.bento"
-    run([str(BIN / "bentoml"), "export", "digit_classifier:latest", str(archive)], d, env)
+    cmd = [str(BIN / "bentoml"), "export", "digit_classifier:latest", str(archive)]
+    run(cmd, ws["dir"], bento_served["env"])
     with tarfile.open(archive) as tar:
-        names = tar.getnames()
-    bento_model = requests.get(f"{server}/model", timeout=10).json()["bento_tag"].split(":")[1]
-    assert f"./models/{MODEL}/{bento_model}/model.keras" in names
-    for source in ("service/service.py", "service/preprocess.py", "params.yaml"):
+        names = set(tar.getnames())
+    bento_model = requests.get(f"{bento_served['url']}/model", timeout=10).json()["bento_tag"]
+    assert f"./models/{MODEL}/{bento_model.split(':')[1]}/model.keras" in names
+    for source in ("service/service.py", "service/inputs/pictures.py", "common/card.py"):
         assert f"./src/{source}" in names, source
+    assert not [n for n in names if n.startswith("./src/pipelines")]
+    assert "./src/params.yaml" not in names

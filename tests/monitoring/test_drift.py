@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipelines import drift
+from common import drift
+from pipelines import package
 from pipelines.prepare import stats
 from pipelines.tracking import data_hash
-from service import package
 from tests.helpers import FIXTURE
 
 
@@ -29,6 +29,21 @@ def prometheus_counts(values: np.ndarray, edges) -> list[int]:
         hist.observe(float(v))
     cumulative = [s.value for s in hist.collect()[0].samples if s.name == "h_bucket"]
     return [int(c) for c in np.diff([0.0, *cumulative])]
+
+
+def test_ink_stats_on_known_images(fixture_digits):
+    blank = np.zeros((28, 28), np.uint8)
+    block = blank.copy()
+    block[4:9, 10:13] = 255  # 5 rows × 3 columns
+    mean, size = drift.ink_stats(np.stack([blank, block]))
+    assert size.tolist() == [0, 5]
+    assert mean.tolist() == pytest.approx([0.0, 15 / 784])
+    mean, size = drift.ink_stats(block)
+    assert mean.shape == size.shape == (1,) and size[0] == 5
+    _, sizes = drift.ink_stats(fixture_digits[0])
+    assert sizes.min() >= 15 and sizes.max() == 20  # MNIST digits fill a 20-px box
+    with pytest.raises(ValueError, match=r"\(n, 28, 28\)"):
+        drift.ink_stats(np.zeros((28, 27)))
 
 
 def test_bucket_counts_match_prometheus_histograms_even_on_the_edges(fixture_digits):
@@ -58,7 +73,7 @@ def test_prepare_writes_the_reference_of_the_training_split(fixture_digits):
     # MNIST digits fill a 20-px box: nearly all of the reference sits in the (19, 20] bucket
     box = dict(zip([*drift.INK_BOX_BUCKETS, "inf"], ref["ink_box_pixels"]["counts"], strict=True))
     assert box[20] / len(x) > 0.95
-    shares = drift.cumulative_shares(ref["ink_mean"])
+    shares = drift.cumulative_shares(drift.Histogram(**ref["ink_mean"]))
     assert shares[-1] == (float("inf"), 1.0)
     assert all(a[1] <= b[1] for a, b in itertools.pairwise(shares))
     json.dumps(ref)  # plain JSON for stats.json and the Bento model's metadata
@@ -85,7 +100,7 @@ def test_package_takes_the_reference_only_for_the_champions_data(
 ):
     digest = _prepared(tmp_path, monkeypatch, *fixture_digits)
     ref = package.drift_reference(digest)
-    assert ref is not None and ref["n_images"] == 600
+    assert ref is not None and ref.n_images == 600
     assert package.drift_reference("0" * 64) is None
     assert "not the data the champion was trained on" in capsys.readouterr().err
 

@@ -10,52 +10,43 @@ counted there; everything else that comes back 4xx is rewritten here to
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from service import metrics
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-REASON_HEADER = b"x-reject-reason"
-
-
-def error_response(reason: str, message: str, status: int) -> tuple[int, list, bytes]:
-    body = json.dumps({"error": message, "reason": reason}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (REASON_HEADER, reason.encode()),
-    ]
-    return status, headers, body
+from service.http.asgi import (
+    REASON_HEADER,
+    App,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    error_response,
+    read_body,
+    replay,
+    send_response,
+)
+from service.refusals import Rejected
 
 
-def explain(payload: Any, hint: str) -> tuple[str, str, Any]:
-    """BentoML's 400 body → (reason, message that says what to fix, pydantic detail)."""
+def explain(payload: Any, hint: str) -> tuple[Rejected, Any]:
+    """BentoML's 400 body → (the refusal, with a message that says what to fix; pydantic detail)."""
     detail = payload.get("detail") if isinstance(payload, dict) else None
     if not isinstance(detail, list) or not detail:
         text = payload[0].get("error") if isinstance(payload, list) and payload else payload
-        return "bad_request", f"{text}. {hint}", None
+        return Rejected("bad_request", f"{text}. {hint}"), None
     first = detail[0]
     kind, loc = first.get("type", ""), [str(p) for p in first.get("loc", [])]
     where = ".".join(loc) or "body"
     if kind == "json_invalid":
-        return (
-            "malformed_json",
-            f"the request body is not valid JSON ({first.get('msg')}). {hint}",
-            detail,
-        )
+        message = f"the request body is not valid JSON ({first.get('msg')}). {hint}"
+        return Rejected("malformed_json", message), detail
     if kind == "missing":
-        return "missing_field", f"the field '{where}' is missing. {hint}", detail
+        return Rejected("missing_field", f"the field '{where}' is missing. {hint}"), detail
     problems = "; ".join(
         f"{'.'.join(str(p) for p in d.get('loc', [])) or 'body'}: {d.get('msg')}"
         for d in detail[:5]
     )
-    return "invalid_field", f"{problems}. {hint}", detail
+    return Rejected("invalid_field", f"{problems}. {hint}"), detail
 
 
 class Guard:
@@ -75,63 +66,35 @@ class Guard:
         if length is not None and length.isdigit():
             size = int(length)
             if size > self.max_body_bytes:
-                await self._refuse(
-                    send, endpoint, "too_large", self._too_large(f"{size:,}", hint), 413
-                )
+                await _refuse(send, endpoint, self._too_large(f"{size:,}", hint))
                 return
             if size == 0:
-                await self._refuse(send, endpoint, "empty_body", f"the body is empty. {hint}", 400)
+                await _refuse(send, endpoint, Rejected("empty_body", f"the body is empty. {hint}"))
                 return
         else:  # chunked: read it here, within the limit, then hand it on
             body = await read_body(receive, self.max_body_bytes)
             if body is None:
-                message = self._too_large(f"over {self.max_body_bytes:,}", hint)
-                await self._refuse(send, endpoint, "too_large", message, 413)
+                await _refuse(
+                    send, endpoint, self._too_large(f"over {self.max_body_bytes:,}", hint)
+                )
                 return
             if not body:
-                await self._refuse(send, endpoint, "empty_body", f"the body is empty. {hint}", 400)
+                await _refuse(send, endpoint, Rejected("empty_body", f"the body is empty. {hint}"))
                 return
             receive = replay(body)
         await self.app(scope, receive, _Rewriter(send, endpoint, hint))
 
-    def _too_large(self, size: str, hint: str) -> str:
-        return (
+    def _too_large(self, size: str, hint: str) -> Rejected:
+        return Rejected(
+            "too_large",
             f"the body is {size} bytes; this service accepts at most {self.max_body_bytes:,} "
-            f"(DIGIT_MAX_BODY_BYTES). Send a smaller picture or split the batch. {hint}"
+            f"(DIGIT_MAX_BODY_BYTES). Send a smaller picture or split the batch. {hint}",
         )
 
-    @staticmethod
-    async def _refuse(send: Send, endpoint: str, reason: str, message: str, status: int) -> None:
-        metrics.reject(reason, endpoint)
-        status, headers, body = error_response(reason, message, status)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
-
-async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
-    """The whole request body, or None as soon as it grows past `limit` bytes."""
-    body, more = bytearray(), True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if limit is not None and len(body) > limit:
-            return None
-    return bytes(body)
-
-
-def replay(body: bytes) -> Receive:
-    """A `receive` that hands an already-read body to the next app."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
+async def _refuse(send: Send, endpoint: str, exc: Rejected) -> None:
+    metrics.reject(exc.reason, endpoint)
+    await send_response(send, exc.status, *error_response(exc))
 
 
 class _Rewriter:
@@ -161,10 +124,7 @@ class _Rewriter:
             payload = json.loads(self.body)
         except ValueError:
             payload = self.body.decode("utf-8", "replace")
-        reason, text, detail = explain(payload, self.hint)
-        metrics.reject(reason, self.endpoint)
-        status, headers, _ = error_response(reason, text, self.start["status"])
-        body = json.dumps({"error": text, "reason": reason, "detail": detail}).encode()
-        headers[1] = (b"content-length", str(len(body)).encode())
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        exc, detail = explain(payload, self.hint)
+        metrics.reject(exc.reason, self.endpoint)
+        # BentoML's own status stays (400 for everything it refuses while parsing)
+        await send_response(self.send, self.start["status"], *error_response(exc, detail=detail))

@@ -12,7 +12,7 @@ evens out within seconds and follows the load.
 
 from __future__ import annotations
 
-from service.guard import App, Message, Receive, Scope, Send
+from service.http.asgi import App, Message, Receive, Scope, Send
 
 CLOSE = (b"connection", b"close")
 

@@ -1,29 +1,25 @@
-"""Preprocessing: uploads of every common kind come back as the MNIST digit they show, and bad
+"""service/inputs/: uploads of every common kind come back as the MNIST digit they show, and bad
 input is refused with a reason, an HTTP status and a message that says what to fix."""
 
 from __future__ import annotations
 
+import base64
 import io
 import pickle
 import struct
-import time
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
+from scipy.ndimage import shift
 
-from service.preprocess import (
-    WORK_SIDE,
-    Limits,
-    Rejected,
-    decode_image,
-    from_data_url,
-    from_image_bytes,
-    ink_stats,
-    pixels,
-    to_mnist,
-)
+from service.inputs.arrays import pixels
+from service.inputs.data_urls import from_data_url
+from service.inputs.limits import Limits
+from service.inputs.mnist import to_mnist
+from service.inputs.pictures import WORK_SIDE, decode_image, from_image_bytes
+from service.refusals import Rejected
 from tests.helpers import FIXTURE
 from tests.uploads import STYLES, data_url, place, render
 
@@ -39,6 +35,28 @@ def digits() -> np.ndarray:
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def _shifted(x: np.ndarray, pixels: float) -> float:
+    """The correlation a digit keeps with itself moved `pixels` sideways (linear interpolation).
+
+    The bars below are built from it: MNIST centres by the centre of mass rounded to whole pixels,
+    so a faithful redo of its procedure may put a digit up to half a pixel off; on the fixture a
+    half-pixel move keeps ~0.95, a whole pixel ~0.80, another digit of the same class ~0.45.
+    """
+    return _corr(shift(x.astype(np.float64), (0, pixels), order=1), x)
+
+
+@pytest.fixture(scope="module")
+def half_pixel(digits) -> float:
+    """The bar for one digit: the fixture's median correlation under a half-pixel move."""
+    return float(np.median([_shifted(x, 0.5) for x in digits[:200]]))
+
+
+@pytest.fixture(scope="module")
+def one_pixel(digits) -> float:
+    """What a digit misplaced by a whole pixel still scores (median over the fixture)."""
+    return float(np.median([_shifted(x, 1.0) for x in digits[:200]]))
 
 
 def _com(image: np.ndarray) -> tuple[float, float]:
@@ -86,13 +104,16 @@ def test_every_upload_style_comes_back_as_the_mnist_digit(digits, style):
         assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
         assert max(_box(out)) == 20  # the longer side is fit to 20 px, as MNIST's
         scores.append(_corr(out, x))
-    assert np.mean(scores) > 0.93, f"{style}: mean correlation {np.mean(scores):.3f}"
-    assert np.median(scores) > 0.95
+    half = [_shifted(x, 0.5) for x in sample]  # what half a pixel off would score
+    assert np.mean(scores) > np.mean(half), f"{style}: {np.mean(scores):.3f}, {np.mean(half):.3f}"
+    assert np.median(scores) > np.median(half)
 
 
 def test_a_raw_mnist_digit_comes_back_nearly_unchanged(digits):
+    """Already MNIST-shaped, so it should move less than a quarter of a pixel on the whole."""
     scores = [_corr(to_mnist(x / 255.0), x) for x in digits[:50]]
-    assert np.mean(scores) > 0.97 and np.median(scores) > 0.99
+    quarter = [_shifted(x, 0.25) for x in digits[:50]]
+    assert np.mean(scores) > np.mean(quarter) and np.median(scores) > np.median(quarter)
 
 
 def test_light_on_dark_and_dark_on_light_give_the_same_digit(digits):
@@ -115,7 +136,7 @@ def test_the_aspect_ratio_is_kept():
     assert _box(dash)[1] == 20 and _box(dash)[0] <= 3
 
 
-def test_uneven_light_and_a_speck_of_dust_do_not_move_the_digit(digits):
+def test_uneven_light_and_a_speck_of_dust_do_not_move_the_digit(digits, half_pixel):
     x = digits[0]
     ys, xs = np.mgrid[0:300, 0:400]
     light = 0.5 + 0.35 * xs / 400 + 0.1 * ys / 300  # a strong gradient across the page
@@ -124,7 +145,7 @@ def test_uneven_light_and_a_speck_of_dust_do_not_move_the_digit(digits):
     grey = light * (1 - 0.7 * ink)
     grey[280:284, 380:384] = 0.1  # dust far from the digit
     out = to_mnist(grey)
-    assert _corr(out, x) > 0.95
+    assert _corr(out, x) > half_pixel
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -179,27 +200,27 @@ def _modes(paper: np.ndarray) -> dict[str, bytes]:
     }
 
 
-def test_every_pixel_mode_decodes_to_the_digit(digits):
+def test_every_pixel_mode_decodes_to_the_digit(digits, half_pixel):
     x = digits[2]
     for mode, data in _modes(_paper(x, seed=5)).items():
-        assert _corr(from_image_bytes(data), x) > 0.9, mode
+        assert _corr(from_image_bytes(data), x) > half_pixel, mode
 
 
-def test_only_the_first_gif_frame_counts(digits):
+def test_only_the_first_gif_frame_counts(digits, half_pixel, one_pixel):
     first, second = (Image.fromarray(_paper(x)).convert("P") for x in digits[3:5])
     gif = _encode(first, "GIF", save_all=True, append_images=[second], duration=100)
     out = from_image_bytes(gif)
-    assert _corr(out, digits[3]) > 0.9 and _corr(out, digits[4]) < 0.6
+    assert _corr(out, digits[3]) > half_pixel and _corr(out, digits[4]) < one_pixel
 
 
-def test_large_pictures_are_decoded_shrunk(digits):
+def test_large_pictures_are_decoded_shrunk(digits, half_pixel):
     x = digits[6]
     paper = _paper(x, side=2400)  # the digit drawn small relative to the page, still ~150 px
     for fmt in ("PNG", "JPEG"):
         data = _encode(Image.fromarray(paper), fmt, compress_level=1, quality=85)
         grey = decode_image(data)
         assert max(grey.shape) <= WORK_SIDE and grey.shape[0] == grey.shape[1]
-        assert _corr(to_mnist(grey), x) > 0.93, fmt
+        assert _corr(to_mnist(grey), x) > half_pixel, fmt
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -235,11 +256,14 @@ def test_bad_bytes_are_refused_with_reason_and_status(digits):
 
 
 @pytest.mark.parametrize("size", [(30_000, 30_000), (7_000, 6_000)])
-def test_a_decompression_bomb_is_refused_from_its_header(size):
-    start = time.perf_counter()
+def test_a_decompression_bomb_is_refused_from_its_header(size, monkeypatch):
+    decoded, load = [], ImageFile.ImageFile.load  # Pillow's pixel decoding, watched
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im) or load(im))
     exc = _rejected(decode_image, _declaring(*size))
     assert (exc.reason, exc.status) == ("too_many_pixels", 413)
-    assert time.perf_counter() - start < 1.0
+    assert decoded == []
+    decode_image(_encode(Image.new("L", (8, 8), 255)))  # the spy sees a decode that may happen
+    assert decoded  # (load is called again by each conversion)
 
 
 def test_blank_pictures_are_refused():
@@ -291,7 +315,7 @@ def test_to_mnist_refuses_what_is_not_a_grey_image():
 
 
 def test_rejected_survives_pickling():
-    exc = pickle.loads(pickle.dumps(Rejected("too_large", "send less", 413)))
+    exc = pickle.loads(pickle.dumps(Rejected("too_large", "send less")))
     assert (exc.reason, exc.status, str(exc)) == ("too_large", 413, "send less")
 
 
@@ -330,12 +354,14 @@ def test_bad_data_urls_are_refused(url, reason):
         assert "data:image/png;base64," in exc.message or "base64" in exc.message
 
 
-def test_an_absurdly_long_data_url_is_refused_before_decoding():
+def test_an_absurdly_long_data_url_is_refused_before_decoding(monkeypatch):
+    decoded = []  # base64 decoding, watched: the length check must come before it
+    monkeypatch.setattr(base64, "b64decode", lambda *a, **k: decoded.append(a) or b"")
     url = "data:image/png;base64," + "A" * 8_000_000
-    start = time.perf_counter()
     exc = _rejected(from_data_url, url)
     assert (exc.reason, exc.status) == ("too_large", 413)
-    assert time.perf_counter() - start < 0.5
+    assert decoded == []
+    monkeypatch.undo()
     small = Limits(max_bytes=300)
     assert _rejected(from_data_url, data_url(bytes(400)), small).reason == "too_large"
 
@@ -388,20 +414,3 @@ def test_pixels_refuses_what_it_cannot_use(values, scale, reason, says):
     exc = _rejected(pixels, values, scale=scale)
     assert (exc.reason, exc.status) == (reason, 400)
     assert says in exc.message
-
-
-# --- monitoring ---------------------------------------------------------------------------------
-
-
-def test_ink_stats_on_known_images(digits):
-    blank = np.zeros((28, 28), np.uint8)
-    block = blank.copy()
-    block[4:9, 10:13] = 255  # 5 rows × 3 columns
-    mean, size = ink_stats(np.stack([blank, block]))
-    assert size.tolist() == [0, 5]
-    assert mean.tolist() == pytest.approx([0.0, 15 / 784])
-    mean, size = ink_stats(block)
-    assert mean.shape == size.shape == (1,) and size[0] == 5
-    _, sizes = ink_stats(digits)
-    assert sizes.min() >= 15 and sizes.max() == 20  # MNIST digits fill a 20-px box
-    assert _rejected(ink_stats, np.zeros((28, 27))).reason == "wrong_shape"

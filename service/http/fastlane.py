@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from service.guard import App, Receive, Scope, Send, read_body, replay
+from service.http.asgi import App, Receive, Scope, Send, read_body, replay
 
 # bytes of a JSON body -> (reply body, extra headers), or None: "not mine, let the API answer"
 Handler = Callable[[bytes], Awaitable[tuple[bytes, list[tuple[bytes, bytes]]] | None]]

@@ -1,12 +1,18 @@
 """Import the registry's champion into the BentoML model store (`make package`).
 
-Run after `dvc repro`. The Bento model carries the MLflow version, run id and test accuracy as
-metadata, so the service can say exactly what it serves without ever calling MLflow. Importing the
-same champion again changes nothing.
+Run after `dvc repro`. The Bento model carries a model card (common/card.py): the MLflow version,
+run id, test accuracy, lineage and training params, so the service can say exactly what it serves
+without ever calling MLflow. Importing the same champion again changes nothing.
 
-It also carries prepare's drift reference (`stats.json["drift_reference"]`, in `reference.json` and
-the metadata), but only when the workspace's prepared data is the data the champion was trained on
-(its `data_hash` tag); otherwise the model is packaged without one and the drift panels stay empty.
+The card also carries prepare's drift reference (`stats.json["drift_reference"]`, also written as
+`reference.json` beside the model), but only when the workspace's prepared data is the data the
+champion was trained on (its `data_hash` tag); otherwise the model is packaged without one and the
+drift panels stay empty.
+
+Not a DVC stage, on purpose: its input is the registry's `champion` alias, which moves without the
+workspace changing (a teammate's promotion, a rollback), and its output is the BentoML store, which
+lives outside the workspace; so DVC could neither tell when to rerun it nor keep its result. It is
+cheap and idempotent, so `make package` simply runs it every time.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from common.card import ModelCard
+from common.drift import REFERENCE_KEY, DriftReference
+from pipelines import layout
 from pipelines import params as params_mod
-from pipelines.data import PREPARED, load_split
-from pipelines.drift import REFERENCE_KEY
+from pipelines.data import load_split
 from pipelines.paths import tracking_uri, workspace
 from pipelines.tracking import data_hash
 
@@ -34,12 +42,12 @@ MODEL_FILE = "model.keras"
 REFERENCE_FILE = "reference.json"
 
 
-def drift_reference(champion_data_hash: str) -> dict | None:
+def drift_reference(champion_data_hash: str) -> DriftReference | None:
     """prepare's drift reference if data/prepared is what the champion was trained on, else None."""
-    stats_file = workspace() / PREPARED / "stats.json"
+    stats_file = workspace() / layout.STATS
     try:
         ref = json.loads(stats_file.read_text()).get(REFERENCE_KEY)
-        arrays = [a for split in ("train", "val", "test") for a in load_split(split)]
+        arrays = [a for split in layout.SPLITS for a in load_split(split)]
     except (OSError, ValueError) as exc:
         print(f"package: no drift reference ({exc})", file=sys.stderr)
         return None
@@ -57,7 +65,7 @@ def drift_reference(champion_data_hash: str) -> dict | None:
             file=sys.stderr,
         )
         return None
-    return ref
+    return DriftReference.model_validate(ref)
 
 
 def bento_tag(name: str, version: str, run_id: str) -> str:
@@ -99,27 +107,26 @@ def package(name: str) -> bentoml.Model:
         local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=tmp)
         net = mlflow.keras.load_model(local)
         run = client.get_run(mv.run_id).data
-        metadata = {
-            "registered_model": name,
-            "mlflow_version": str(mv.version),
-            "run_id": mv.run_id,
-            "test_accuracy": float(mv.tags.get("test_accuracy", "nan")),
-            "git_commit": mv.tags.get("git_commit", "unknown"),
-            "data_hash": mv.tags.get("data_hash", "unknown"),
-            "source": f"models:/{name}@champion",
-            "train_wall_time_s": run.metrics.get("train_wall_time_s"),
-            "train_compute_macs": run.metrics.get("train_compute_macs"),
-            "ece": run.metrics.get("test_ece"),
-            "params": {k: v for k, v in sorted(run.params.items()) if k.startswith("train.")},
-        }
-        if reference is not None:
-            metadata[REFERENCE_KEY] = reference
+        card = ModelCard(
+            registered_model=name,
+            mlflow_version=str(mv.version),
+            run_id=mv.run_id,
+            source=f"models:/{name}@champion",
+            test_accuracy=float(mv.tags.get("test_accuracy", "nan")),
+            ece=run.metrics.get("test_ece"),
+            train_wall_time_s=run.metrics.get("train_wall_time_s"),
+            train_compute_macs=run.metrics.get("train_compute_macs"),
+            git_commit=mv.tags.get("git_commit", "unknown"),
+            data_hash=mv.tags.get("data_hash", "unknown"),
+            params={k: v for k, v in sorted(run.params.items()) if k.startswith("train.")},
+            drift_reference=reference,
+        )
         with bentoml.models.create(
-            tag, module="keras", metadata=metadata, labels={"alias": "champion"}
+            tag, module="keras", metadata=card.to_metadata(), labels={"alias": "champion"}
         ) as bento_model:
             keras.saving.save_model(net, Path(bento_model.path) / MODEL_FILE)
             if reference is not None:
-                (Path(bento_model.path) / REFERENCE_FILE).write_text(json.dumps(reference))
+                (Path(bento_model.path) / REFERENCE_FILE).write_text(reference.model_dump_json())
     with_ref = "with" if reference is not None else "without"
     print(
         f"package: imported {name} v{mv.version} (run {mv.run_id}) as {tag}, "

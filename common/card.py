@@ -1,0 +1,43 @@
+"""The model card: what the package step writes into a Bento model and the service reads back.
+
+One typed schema for the contract between `pipelines/package.py` (which knows the registry and the
+prepared data) and `service/` (which knows neither): where the model came from, how good it is,
+what trained it and on which data, and the drift reference of that data. It is stored as the
+Bento model's metadata, so `bentoml models get TAG` shows it too.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.drift import DriftReference
+
+
+class ModelCard(BaseModel):
+    # Field names are the metadata keys; unknown keys (a newer writer) are ignored, not fatal.
+    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
+
+    registered_model: str = Field(description="The MLflow registered model's name")
+    mlflow_version: str = Field(description="Its registry version")
+    run_id: str = Field("", description="The MLflow run that trained it")
+    source: str = Field("", description="The registry URI it was packaged from")
+    test_accuracy: float = Field(math.nan, description="On the official 10k test set")
+    ece: float | None = Field(None, description="Expected calibration error on the test set")
+    train_wall_time_s: float | None = None
+    train_compute_macs: float | None = Field(None, description="Training multiply-adds")
+    git_commit: str = Field("unknown", description="The code's commit ('-dirty': uncommitted)")
+    data_hash: str = Field("unknown", description="sha256 of the prepared data's contents")
+    params: dict[str, str] = Field({}, description="The training params (params.yaml's train.*)")
+    drift_reference: DriftReference | None = Field(
+        None, description="The training data's ink statistics (None: packaged without one)"
+    )
+
+    def to_metadata(self) -> dict:
+        """Plain JSON for `bentoml.models.create(metadata=...)`; what is None is left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> ModelCard:
+        return cls.model_validate(dict(metadata))

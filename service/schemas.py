@@ -1,0 +1,130 @@
+"""What the API takes and answers, as pydantic models: BentoML validates with them and documents
+them in the OpenAPI spec (`/docs.json`), so the types here are the API's contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from common.card import ModelCard
+
+Scale = Literal["0-255", "0-1"]
+Grid = list[list[float]]
+SCALE_DOC = "'0-255' (default): pixel values 0-255; '0-1': floats 0-1 (multiplied by 255)"
+GRID_DOC = "28 rows of 28 pixel values, white ink on black"
+MAX_CHANNELS = 16  # feature maps per layer in an explanation (the first ones)
+
+
+class Prediction(BaseModel):
+    digit: int = Field(description="The most likely digit, 0-9")
+    confidence: float = Field(description="The probability of that digit")
+    probabilities: list[float] = Field(description="Probability of each digit 0-9, in order")
+    model_version: str = Field(description="The MLflow registry version that answered")
+
+
+class SeenPrediction(Prediction):
+    seen: list[list[int]] = Field(
+        description="The 28×28 pixels (0-255, white ink on black) the model saw after preprocessing"
+    )
+
+
+class BatchItem(BaseModel):
+    digit: int
+    confidence: float
+    probabilities: list[float]
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[BatchItem] = Field(description="One result per image, in order")
+    model_version: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(description="MLflow registry version")
+    run_id: str
+    bento_tag: str
+    test_accuracy: float
+    train_wall_time_s: float | None
+    train_compute_macs: float | None
+    ece: float | None
+    git_commit: str
+    data_hash: str
+    params: dict[str, str] = Field(description="The training params (params.yaml's train.*)")
+
+    @classmethod
+    def of(cls, card: ModelCard, bento_tag: str) -> ModelInfo:
+        return cls(
+            name=card.registered_model,
+            version=card.mlflow_version,
+            run_id=card.run_id,
+            bento_tag=bento_tag,
+            test_accuracy=card.test_accuracy,
+            train_wall_time_s=card.train_wall_time_s,
+            train_compute_macs=card.train_compute_macs,
+            ece=card.ece,
+            git_commit=card.git_commit,
+            data_hash=card.data_hash,
+            params=card.params,
+        )
+
+
+class FeatureMaps(BaseModel):
+    layer: str = Field(description="The convolution layer's name in the model")
+    channels: int = Field(description=f"Its channel count (maps holds the first {MAX_CHANNELS})")
+    maps: list[list[list[int]]] = Field(
+        description="(channel, row, column) after ReLU, each channel scaled to 0-255"
+    )
+
+
+class Explanation(BaseModel):
+    digit: int = Field(description="The class explained: the model's answer")
+    probabilities: list[float] = Field(description="Probability of each digit 0-9")
+    features: list[FeatureMaps] = Field(description="The first convolution layers' feature maps")
+    gradcam: list[list[int]] = Field(
+        description="28×28, 0-255: Grad-CAM of the last convolution layer for `digit`"
+    )
+    saliency: list[list[int]] = Field(
+        description="28×28, 0-255: |d probability / d pixel|, the pixels that would move it most"
+    )
+
+
+# Reply builders: the model's probabilities (n, 10) and the registry version that answered; each
+# takes the (n, 28, 28) images answered too, which only the picture reply shows back.
+
+
+def prediction(probs: np.ndarray, version: str, images: np.ndarray | None = None) -> Prediction:
+    """One image's answer."""
+    p = probs[0].astype(float)
+    digit = int(p.argmax())
+    return Prediction(
+        digit=digit,
+        confidence=float(p[digit]),
+        probabilities=[round(v, 6) for v in p.tolist()],
+        model_version=version,
+    )
+
+
+def seen_prediction(probs: np.ndarray, version: str, images: np.ndarray) -> SeenPrediction:
+    """One picture's answer, with the 28×28 the model saw in it."""
+    return SeenPrediction(**prediction(probs, version).model_dump(), seen=images[0].tolist())
+
+
+def batch_prediction(
+    probs: np.ndarray, version: str, images: np.ndarray | None = None
+) -> BatchPrediction:
+    """A batch's answers, one item per image in order."""
+    digits = probs.argmax(axis=1)
+    return BatchPrediction(
+        predictions=[
+            BatchItem(
+                digit=int(d),
+                confidence=float(p[d]),
+                probabilities=[round(v, 6) for v in p.astype(float).tolist()],
+            )
+            for d, p in zip(digits, probs, strict=True)
+        ],
+        model_version=version,
+    )

@@ -1,0 +1,63 @@
+"""The service's settings: one DIGIT_* variable per field, defaults, a clear stop on bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.inputs.limits import Limits
+from service.settings import CORES, Settings
+
+
+def test_defaults_without_any_variable():
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert (s.model_tag, s.workers, s.fast_lane, s.access_log) == (
+        "mnist-cnn:latest",
+        2,
+        True,
+        False,
+    )
+    assert s.threads == max(1, CORES // 2) and s.parallel == max(1, CORES // s.threads)
+    assert s.limits == Limits()
+
+
+def test_every_field_is_read_from_its_variable():
+    values = {
+        "model_tag": ("mnist-cnn:v3-abc", "mnist-cnn:v3-abc"),
+        "workers": ("3", 3),
+        "tf_threads": ("2", 2),
+        "max_body_bytes": ("1000", 1000),
+        "max_upload_bytes": ("900", 900),
+        "max_pixels": ("800", 800),
+        "max_batch": ("7", 7),
+        "model_batch": ("64", 64),
+        "max_queue": ("0", 0),
+        "access_log": ("1", True),
+        "keepalive_requests": ("0", 0),
+        "trace_predictions": ("true", True),
+        "fast_lane": ("0", False),
+    }
+    assert set(values) == set(Settings.model_fields)  # a new field gets a case here
+    env = {f"DIGIT_{field.upper()}": raw for field, (raw, _) in values.items()}
+    s = Settings.from_env(env)
+    assert {field: getattr(s, field) for field in values} == {f: v for f, (_, v) in values.items()}
+    assert s.limits == Limits(max_bytes=900, max_pixels=800, max_batch=7)
+    assert s.threads == 2
+
+
+def test_empty_means_default():
+    assert Settings.from_env({"DIGIT_WORKERS": "", "DIGIT_FAST_LANE": " "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"DIGIT_WORKERS": "two"}, "DIGIT_WORKERS='two'"),
+        ({"DIGIT_WORKERS": "0"}, "DIGIT_WORKERS='0'"),
+        ({"DIGIT_MAX_QUEUE": "-1"}, "DIGIT_MAX_QUEUE='-1'"),
+        ({"DIGIT_FAST_LANE": "maybe"}, "DIGIT_FAST_LANE='maybe'"),
+    ],
+)
+def test_a_bad_value_stops_with_the_variables_name(env, says):
+    with pytest.raises(SystemExit, match=says):
+        Settings.from_env(env)
