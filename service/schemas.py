@@ -95,11 +95,10 @@ class Explanation(BaseModel):
 # takes the (n, 28, 28) images answered too, which only the picture reply shows back.
 
 
-def prediction(probs: np.ndarray, version: str, images: np.ndarray | None = None) -> Prediction:
-    """One image's answer."""
+def _fields(probs: np.ndarray, version: str) -> dict:
     p = probs[0].astype(float)
     digit = int(p.argmax())
-    return Prediction(
+    return dict(
         digit=digit,
         confidence=float(p[digit]),
         probabilities=[round(v, 6) for v in p.tolist()],
@@ -107,9 +106,14 @@ def prediction(probs: np.ndarray, version: str, images: np.ndarray | None = None
     )
 
 
+def prediction(probs: np.ndarray, version: str, images: np.ndarray | None = None) -> Prediction:
+    """One image's answer."""
+    return Prediction(**_fields(probs, version))
+
+
 def seen_prediction(probs: np.ndarray, version: str, images: np.ndarray) -> SeenPrediction:
     """One picture's answer, with the 28×28 the model saw in it."""
-    return SeenPrediction(**prediction(probs, version).model_dump(), seen=images[0].tolist())
+    return SeenPrediction(**_fields(probs, version), seen=images[0].tolist())
 
 
 def batch_prediction(

@@ -222,8 +222,10 @@ def test_every_rule_evaluates_without_error(prom):
 def test_every_dashboard_query_is_accepted(prom):
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    assert len(exprs) >= 20
+    assert exprs
     for expr in exprs:
         query(prom, expr)  # asserts status "success"
-    drawn = [e for e in exprs if query(prom, e)]
-    assert len(drawn) >= len(exprs) - 4, set(exprs) - set(drawn)  # most panels have data already
+    # Every panel has data by now, except the 5xx error ratio: no request here failed (a ratio of
+    # an absent 5xx series is no series at all).
+    empty = {e for e in exprs if not query(prom, e)}
+    assert empty == {e for e in exprs if "_errors:" in e}
