@@ -1,6 +1,6 @@
 """Render an MNIST digit the way people actually upload one: canvases, photos, odd file formats.
 
-Tests feed these bytes through `service.preprocess` and expect the original 28×28 digit back, so
+Tests feed these bytes through `service/inputs` and expect the original 28×28 digit back, so
 each style exercises one thing uploads do to a digit: dark ink on light, a large canvas with the
 digit off-centre, lossy compression, transparency, 16-bit grey, palettes, CMYK, a photographed page
 with uneven light and an EXIF rotation. Deterministic for a given seed.

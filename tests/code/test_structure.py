@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -135,8 +136,11 @@ def test_the_bento_ships_what_the_service_imports_and_no_training_code():
     spec = pathspec.PathSpec.from_lines("gitwildmatch", bento["include"])
     service = files(closure("service.service"))
     assert {f for f in service if not spec.match_file(f)} == set()
-    shipped = {str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file()}
-    shipped = {f for f in shipped if spec.match_file(f) and ".venv" not in f}
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    shipped = {f for f in tracked if spec.match_file(f)}
+    assert "service/service.py" in shipped and "common/card.py" in shipped
     assert not {f for f in shipped if f.startswith("pipelines/")}
     assert "params.yaml" not in shipped
 
