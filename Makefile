@@ -26,6 +26,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 # The Bento model the service loads (the service reads no training config): the caller's
 # DIGIT_MODEL_TAG, else the latest import of params.yaml's register.model_name.
 MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.model_name):latest}
+# Echo lines print URLs through this (a password in MLFLOW_TRACKING_URI becomes ***); recipes that
+# take a URL name the shell's variable, never make's, so make itself never prints the secret.
+REDACT = $(BIN)/python -m pipelines.redact
 
 .PHONY: help venv repro package serve run build bench monitor test test-fast lint format mlflow-ui lock clean
 
@@ -88,14 +91,15 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 mlflow-ui: $(STAMP) ## browse experiments and the registry on http://127.0.0.1:$(MLFLOW_PORT)
-	@echo "==> MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (store: $(MLFLOW_TRACKING_URI))"
-	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(MLFLOW_PORT)
+	@echo "==> MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (store: $$($(REDACT) "$$MLFLOW_TRACKING_URI"))"
+	@$(BIN)/mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 lock: ## re-resolve the pins in pyproject.toml and rewrite requirements.lock
 	rm -rf /tmp/digit-mlops-lock && $(PYTHON) -m venv /tmp/digit-mlops-lock
 	/tmp/digit-mlops-lock/bin/pip install -q -e '.[dev]'
 	{ head -2 requirements.lock; /tmp/digit-mlops-lock/bin/pip freeze --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+	/tmp/digit-mlops-lock/bin/python -m pipelines.bento_requirements  # the Bento's pins, from the new lock
 
 clean: ## remove caches (keeps .venv, data, mlflow.db and the BentoML store)
 	rm -rf .pytest_cache .ruff_cache tests/artifacts

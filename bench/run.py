@@ -86,13 +86,14 @@ def resolve_champion() -> Champion:
     from pipelines.package import bento_tag
     from pipelines.params import load as load_params
     from pipelines.paths import tracking_uri
+    from pipelines.redact import redact
 
     name = load_params().register.model_name
     try:
         mv = MlflowClient(tracking_uri()).get_model_version_by_alias(name, "champion")
     except MlflowException:
         raise SystemExit(
-            f"bench: no {name}@champion in {tracking_uri()}: run `make repro`"
+            f"bench: no {name}@champion in {redact(tracking_uri())}: run `make repro`"
         ) from None
     tag = bento_tag(name, mv.version, mv.run_id)
     try:

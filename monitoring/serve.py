@@ -1,6 +1,6 @@
 """`make monitor`: a real Prometheus with this folder's config against the running service.
 
-    python -m monitoring.serve [--service 127.0.0.1:3000] [--listen 127.0.0.1:9090]
+    python -m monitoring.serve [--service 127.0.0.1:3000] [--listen 127.0.0.1:9090] [--key-file F]
 
 prometheus.yml is the one source: it is rendered into the data folder with the service's address
 (and, for the tests, a shorter scrape interval) and absolute rule-file paths, then Prometheus (the
@@ -26,14 +26,19 @@ DASHBOARD = HERE / "grafana" / "digit-service.json"
 JOB = "digit-service"
 
 
-def render(dest: Path, service: str, interval: str | None = None) -> Path:
-    """Write prometheus.yml to dest/ scraping `service` (host:port), rule files made absolute."""
+def render(
+    dest: Path, service: str, interval: str | None = None, key_file: Path | None = None
+) -> Path:
+    """Write prometheus.yml to dest/ scraping `service` (host:port), rule files made absolute;
+    with `key_file`, the scrape sends the service's API key read from it (never the key itself)."""
     config = yaml.safe_load(CONFIG.read_text())
     if interval:
         config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = interval
     config["rule_files"] = [str(HERE / f) for f in config["rule_files"]]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == JOB]
     job["static_configs"] = [{"targets": [service]}]
+    if key_file is not None:
+        job["authorization"] = {"type": "Bearer", "credentials_file": str(Path(key_file).resolve())}
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / "prometheus.yml"
     out.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -73,6 +78,9 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "digit-mlops-prometheus",
         help="storage folder (kept between runs)",
     )
+    parser.add_argument(
+        "--key-file", type=Path, help="the service's DIGIT_API_KEY_FILE, when it has a key"
+    )
     args = parser.parse_args()
     if _in_use(args.listen):
         raise SystemExit(
@@ -85,7 +93,7 @@ def main() -> None:
             "the target shows as down until it does",
             file=sys.stderr,
         )
-    config = render(args.data, args.service)
+    config = render(args.data, args.service, key_file=args.key_file)
     ui = f"http://{args.listen}"
     print(
         f"==> Prometheus {ui} scraping http://{args.service}/metrics every "

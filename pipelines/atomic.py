@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -32,34 +34,87 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+class BothKept(OSError):
+    """A folder swap failed half-way and could not be undone: both copies are still on disk."""
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside `target`; swap it in for `target` only on success.
+    """Yield an empty temp folder beside `target`; put it in `target`'s place only on success.
 
-    Two renames on the same file system: the old folder is moved aside, the new one takes its
-    place, then the old one is deleted. A failure inside the block leaves `target` untouched.
+    A failure inside the block leaves `target` untouched; the swap itself is `replace_dir`.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder ordinary permissions
-    old = target.parent / f"{tmp.name}.old"
     try:
         yield tmp
-        if target.exists() or target.is_symlink():
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old.exists() or old.is_symlink():
-                os.replace(old, target)  # put the previous one back
-            raise
-    finally:
+        replace_dir(tmp, target)
+    except BothKept:
+        raise  # neither copy may be deleted now
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_symlink() or old.is_file():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move folder `new` to `target`, so that at no point are both the old and the new copy lost.
+
+    On Linux the two are swapped in one atomic step (renameat2 RENAME_EXCHANGE): `target` always
+    holds one complete copy, and the old one is deleted only after the swap. Elsewhere, or on a file
+    system without the exchange, the old folder is renamed aside first and put back if the second
+    rename fails; if even that fails, both copies are kept and the error says where they are.
+    """
+    new, target = Path(new), Path(target)
+    if not (target.exists() or target.is_symlink()):
+        os.replace(new, target)  # a rename onto nothing: atomic already
+        return
+    if _exchange(new, target):
+        _remove(new)  # `new` now holds the old copy
+        return
+    old = target.parent / f".{target.name}.{os.getpid()}.old"
+    _remove(old)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        try:
+            os.replace(old, target)  # put the previous one back
+        except BaseException as err:
+            raise BothKept(
+                f"could not put {new} at {target}, nor the previous copy back: both are kept, the "
+                f"previous one at {old}"
+            ) from err
+        raise
+    _remove(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically where the OS can (Linux renameat2); False where it cannot."""
+    renameat2 = getattr(_LIBC, "renameat2", None) if _LIBC is not None else None
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    errno_ = ctypes.get_errno()
+    if errno_ in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # no exchange on this file system
+        return False
+    raise OSError(errno_, os.strerror(errno_), str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no C library to ask (not Linux/macOS)
+    _LIBC = None
 
 
 def _umask() -> int:

@@ -6,6 +6,7 @@ import sys
 from typing import NoReturn
 
 from pipelines.params import Params, ParamsError, load
+from pipelines.redact import redact, redact_tracebacks
 
 
 def banner(stage: str) -> None:
@@ -14,12 +15,14 @@ def banner(stage: str) -> None:
 
 def fail(stage: str, err: BaseException) -> NoReturn:
     """Exit non-zero with the error's own message; DVC then stops and keeps the old outputs."""
-    print(f"\n{stage} FAILED: {err}", file=sys.stderr, flush=True)
+    print(f"\n{stage} FAILED: {redact(str(err))}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
 
 def start(stage: str) -> Params:
-    """Announce the stage and read params.yaml, failing the stage cleanly if it is bad."""
+    """Announce the stage and read params.yaml, failing the stage cleanly if it is bad; from here
+    on an uncaught traceback is printed with URL passwords redacted."""
+    redact_tracebacks()
     banner(stage)
     try:
         return load()

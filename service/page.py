@@ -22,10 +22,12 @@ page_app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
 def swagger_page() -> str:
-    """BentoML's own Swagger UI page, minus its Google Tag Manager snippets (works offline)."""
+    """BentoML's own Swagger UI page, minus its Google Tag Manager snippets (works offline) and
+    its GitHub corner (inline styles): nothing inline is left for the CSP to allow."""
     from _bentoml_impl.server import app as bentoml_app
 
     html = (Path(bentoml_app.__file__).parent / "main-openapi.html").read_text()
+    html = re.sub(r'\s*<div class="version">.*?</svg></a>\s*</div>\s*</div>', "", html, flags=re.S)
     return re.sub(
         r"\s*<!-- Google Tag Manager.*?End Google Tag Manager[^>]*-->", "", html, flags=re.S
     )

@@ -18,11 +18,22 @@ class Reason(NamedTuple):
 
 REASONS: dict[str, Reason] = {
     # the request itself (the ASGI guard, and BentoML's own parsing rewritten by it)
+    "unsupported_media": Reason(
+        415,
+        "a JSON endpoint sent anything but `application/json` (a form, `text/plain`, none), or a "
+        "file endpoint anything but `multipart/form-data`",
+    ),
+    "slow_body": Reason(408, "the body did not arrive within `DIGIT_BODY_TIMEOUT_S`"),
     "empty_body": Reason(400, "nothing was sent"),
     "malformed_json": Reason(400, "the body is not JSON"),
     "missing_field": Reason(400, "a required field is missing"),
     "invalid_field": Reason(400, "a field has the wrong type or value (e.g. an unknown `scale`)"),
     "bad_request": Reason(400, "BentoML could not read the request otherwise"),
+    "bad_multipart": Reason(
+        400, "a malformed multipart body: no boundary, cut short, unnamed or over 8 parts"
+    ),
+    "not_a_file": Reason(400, "the file field sent as a text value (a URL is never fetched)"),
+    "bad_filename": Reason(400, "a file name over 200 characters or with a NUL"),
     "too_large": Reason(
         413,
         "the body is over `DIGIT_MAX_BODY_BYTES` (refused before it is "
@@ -33,13 +44,13 @@ REASONS: dict[str, Reason] = {
     "not_numbers": Reason(400, "strings, booleans, null or ragged rows instead of numbers"),
     "not_finite": Reason(400, "NaN or infinity"),
     "out_of_range": Reason(400, 'outside 0-255 (or 0-1 with `scale` "0-1")'),
-    "bad_scale": Reason(
-        400,
-        'a `scale` other than "0-255" or "0-1" (library callers; the '
-        "API's own schema answers `invalid_field`)",
-    ),
+    "bad_scale": Reason(400, 'a `scale` other than "0-255" or "0-1"'),
     "batch_too_large": Reason(413, "more than `DIGIT_MAX_BATCH` images in one request"),
-    "not_npy": Reason(400, "the `array` file is not a readable .npy"),
+    "not_npy": Reason(
+        400,
+        "the `array` file is not a readable .npy: a zip/.npz, a pickle, a bad header, or a shape "
+        "its bytes do not hold",
+    ),
     "wrong_dtype": Reason(400, "the .npy is not uint8"),
     # pictures
     "not_an_image": Reason(400, "not a PNG, JPEG, WebP, GIF, BMP or TIFF, or pixels it cannot map"),
@@ -49,10 +60,44 @@ REASONS: dict[str, Reason] = {
         "a picture declaring more than `DIGIT_MAX_PIXELS` pixels "
         "(a decompression bomb, refused from its header)",
     ),
+    "too_costly": Reason(
+        413,
+        "a picture whose decoding took over `DIGIT_DECODE_TIMEOUT_S` or "
+        "`DIGIT_DECODE_MEMORY_MB` (e.g. thousands of progressive scans), stopped there",
+    ),
     "blank_image": Reason(
         422, "a well-formed picture with no digit in it (blank, or too little contrast)"
     ),
     "bad_data_url": Reason(400, "not a base64 `data:image/...` URL"),
+    # exposure
+    "unknown_host": Reason(
+        400,
+        "a `Host` header naming none of localhost, 127.0.0.1, [::1] and `DIGIT_ALLOWED_HOSTS` "
+        "(DNS rebinding), or none at all",
+    ),
+    "unauthorized": Reason(
+        401, "an API key is set and the request sent none, or another (with `WWW-Authenticate`)"
+    ),
+    "key_required": Reason(
+        403,
+        "a prediction or /metrics request that arrived on a non-loopback address of a service "
+        "with no `DIGIT_API_KEY`",
+    ),
+    # the connection
+    "url_too_long": Reason(
+        414, "the request line alone is over `DIGIT_MAX_HEADER_BYTES` (then the connection closes)"
+    ),
+    "headers_too_large": Reason(
+        431, "request line and headers over `DIGIT_MAX_HEADER_BYTES` (then the connection closes)"
+    ),
+    "header_timeout": Reason(
+        408, "the headers did not arrive within `DIGIT_HEADER_TIMEOUT_S` (a slow or stalled client)"
+    ),
+    "too_many_connections": Reason(
+        503,
+        "the worker already holds `DIGIT_MAX_CONNECTIONS` connections: answered at accept, "
+        "with `Retry-After`",
+    ),
     # the service
     "overloaded": Reason(
         503, "more than `DIGIT_MAX_QUEUE` images already waiting (with `Retry-After`)"

@@ -3,17 +3,22 @@ them in the OpenAPI spec (`/docs.json`), so the types here are the API's contrac
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
 
 from common.card import ModelCard
+from common.image import SIDE
 
 Scale = Literal["0-255", "0-1"]
-Grid = list[list[float]]
+# Strict: JSON numbers only (no `true`, no "7"), 0-255, exactly 28 × 28, so the schema says what is
+# accepted and generated clients send that. The Guard checks the same before BentoML parses.
+Pixel = Annotated[float, Strict(), Field(ge=0, le=255)]
+Row = Annotated[list[Pixel], Field(min_length=SIDE, max_length=SIDE)]
+Grid = Annotated[list[Row], Field(min_length=SIDE, max_length=SIDE)]
 SCALE_DOC = "'0-255' (default): pixel values 0-255; '0-1': floats 0-1 (multiplied by 255)"
-GRID_DOC = "28 rows of 28 pixel values, white ink on black"
+GRID_DOC = "28 rows of 28 pixel values, white ink on black: numbers 0-255 (0-1 with scale '0-1')"
 MAX_CHANNELS = 16  # feature maps per layer in an explanation (the first ones)
 
 

@@ -14,6 +14,7 @@ import functools
 import gc
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import bentoml
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from common.card import ModelCard
@@ -31,13 +32,18 @@ from service.batcher import MicroBatcher, Overloaded
 from service.explain import explain as explain_image
 from service.forward import set_threads, traced
 from service.http import fastlane
+from service.http.bodies import endpoint_bodies
+from service.http.exposure import Exposure
 from service.http.guard import Guard
+from service.http.paths import Restore
 from service.http.recycle import Recycle
+from service.http.server import install_limits
 from service.inputs.arrays import batch, from_npy, one_image
 from service.inputs.data_urls import from_data_url
 from service.inputs.pictures import from_image_bytes
 from service.page import INDEX, page_app, swagger_page
 from service.refusals import Rejected, usage_hints
+from service.sandbox import Sandbox, Slots
 from service.schemas import (
     GRID_DOC,
     SCALE_DOC,
@@ -57,6 +63,7 @@ from service.settings import RETRY_AFTER_S, Settings
 SETTINGS = Settings.from_env()
 HINTS = usage_hints(SETTINGS.max_batch)
 LIMITS = SETTINGS.limits
+install_limits(SETTINGS)  # uvicorn's protocol, with head and connection limits
 Pixels = Annotated[Grid, Field(description=GRID_DOC)]
 ScaleField = Annotated[Scale, Field(description=SCALE_DOC)]
 
@@ -69,6 +76,7 @@ ScaleField = Annotated[Scale, Field(description=SCALE_DOC)]
     traffic={"timeout": 30},
     tracing={"excluded_urls": [] if SETTINGS.trace_predictions else list(HINTS)},
     logging={"access": {"enabled": SETTINGS.access_log}},
+    http={"host": SETTINGS.host},  # without --host: loopback unless DIGIT_HOST exposes it
 )
 class DigitClassifier:
     model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
@@ -85,7 +93,15 @@ class DigitClassifier:
     @bentoml.api
     async def predict_batch(
         self,
-        images: Annotated[list[Grid], Field(description="28×28 images, white ink on black")],
+        images: Annotated[
+            list[Grid],
+            Field(
+                description=f"1 to {SETTINGS.max_batch} (DIGIT_MAX_BATCH) 28×28 images, white ink "
+                "on black",
+                min_length=1,
+                max_length=SETTINGS.max_batch,
+            ),
+        ],
         scale: ScaleField = "0-255",
         ctx: bentoml.Context = None,
     ) -> BatchPrediction:
@@ -96,7 +112,13 @@ class DigitClassifier:
     @bentoml.api
     async def predict_npy(
         self,
-        array: Annotated[Path, Field(description="np.save() of uint8 (n, 28, 28), 0-255")],
+        array: Annotated[
+            Path,
+            Field(
+                description="A file: np.save() of uint8 (n, 28, 28), 0-255, n ≤ "
+                f"{SETTINGS.max_batch}; at most {SETTINGS.max_body_bytes:,} bytes"
+            ),
+        ],
         ctx: bentoml.Context = None,
     ) -> BatchPrediction:
         """The batch endpoint's compact form: a .npy file instead of JSON."""
@@ -108,7 +130,13 @@ class DigitClassifier:
     @bentoml.api
     async def predict_image(
         self,
-        image: Annotated[Path, Field(description="A picture of one digit, any size and colours")],
+        image: Annotated[
+            Path,
+            Field(
+                description="A file: a picture of one digit (PNG, JPEG, WebP, GIF, BMP, TIFF), at "
+                f"most {LIMITS.max_bytes:,} bytes and {LIMITS.max_pixels:,} pixels"
+            ),
+        ],
         ctx: bentoml.Context = None,
     ) -> SeenPrediction:
         """Classify a picture (scan, screenshot, phone photo): it is made MNIST-like first."""
@@ -121,7 +149,12 @@ class DigitClassifier:
     async def predict_canvas(
         self,
         data_url: Annotated[
-            str, Field(description="canvas.toDataURL(): data:image/png;base64,...")
+            str,
+            Field(
+                description="canvas.toDataURL(): data:image/png;base64,... of at most "
+                f"{LIMITS.max_bytes:,} bytes",
+                pattern=r"^(?i:data:image/[a-z0-9.+-]+(;[^,]*)?;base64,)",
+            ),
         ],
         ctx: bentoml.Context = None,
     ) -> SeenPrediction:
@@ -134,11 +167,19 @@ class DigitClassifier:
         """Why: the first conv layers' feature maps and a Grad-CAM and saliency map of one image."""
         try:
             x = one_image(image, "0-255")
+            # Eager TF with a gradient tape (tens of ms): off the event loop, beside the batcher,
+            # a bounded number at once in threads of its own.
+            async with self.explain_slots():
+                loop = asyncio.get_running_loop()
+                answer = await loop.run_in_executor(
+                    self._explainer, explain_image, self.model, x[0]
+                )
         except Rejected as exc:
             return self._refuse("explain", exc, ctx)
+        except Overloaded as exc:
+            return self._refuse("explain", Rejected("overloaded", str(exc)), ctx)
         ctx.response.headers["X-Model-Version"] = self.version
-        # Eager TF with a gradient tape (tens of ms): off the event loop, beside the batcher.
-        return await asyncio.to_thread(explain_image, self.model, x[0])
+        return answer
 
     @page_app.get("/", include_in_schema=False)
     def page(self) -> FileResponse:
@@ -177,7 +218,11 @@ class DigitClassifier:
             on_batch=functools.partial(metrics.observe_batch, model_version=self.version),
         )
         self._version_header = [(b"x-model-version", self.version.encode())]
-        self._predict_input = type(self).predict.input_spec  # the model BentoML validates with
+        memory = SETTINGS.decode_memory_mb * 2**20
+        args = (SETTINGS.decoders, SETTINGS.decode_timeout_s, memory, SETTINGS.max_waiting)
+        self.sandbox = Sandbox(*args)
+        self.explain_slots = Slots(SETTINGS.explainers, SETTINGS.max_waiting, "explanations")
+        self._explainer = ThreadPoolExecutor(SETTINGS.explainers, thread_name_prefix="explain")
         if SETTINGS.fast_lane:
             fastlane.register("/predict", self._fast_predict)
         # TensorFlow and Keras leave ~400,000 objects that every full collection walked again
@@ -191,10 +236,9 @@ class DigitClassifier:
         """The images read(*args) takes from the request, classified and put in reply(...); or
         the refusal that says what to fix (bad input, or a 503 when too much is waiting)."""
         try:
-            if reply is seen_prediction:  # a picture: milliseconds of CPU, off the event loop
-                x = (await asyncio.to_thread(read, *args))[None]
-            else:
-                x = read(*args)
+            # a picture is decoded in a child process, within bounds (service/sandbox.py)
+            picture = reply is seen_prediction
+            x = (await self.sandbox(read, *args))[None] if picture else read(*args)
             probs = await self.batcher(x, endpoint)
         except Rejected as exc:
             return self._refuse(endpoint, exc, ctx)
@@ -214,18 +258,24 @@ class DigitClassifier:
             ctx.response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return JSONResponse({"error": message, "reason": exc.reason})
 
-    async def _fast_predict(self, body: bytes) -> tuple[bytes, list] | None:
-        """`predict` for the fast lane: the same input model, checks, batcher, metrics and reply
-        bytes; None (the API answers instead) for anything it would refuse or answer 503 to."""
+    async def _fast_predict(self, x: np.ndarray) -> tuple[bytes, list] | None:
+        """`predict` for the fast lane, given the image the Guard read and checked: the same
+        batcher, metrics and reply bytes; None (the API answers instead) for a 503."""
         try:
-            args = self._predict_input.model_validate_json(body)
-            probs = await self.batcher(one_image(args.image, args.scale), "predict")
-        except (ValidationError, Rejected, Overloaded):
+            probs = await self.batcher(x, "predict")
+        except Overloaded:
             return None
         return prediction(probs, self.version).model_dump_json().encode(), self._version_header
 
 
 # Outermost first: the body limit and 4xx rewriting apply to both lanes.
 DigitClassifier.add_asgi_middleware(Recycle, every=SETTINGS.keepalive_requests)
-DigitClassifier.add_asgi_middleware(Guard, hints=HINTS, max_body_bytes=SETTINGS.max_body_bytes)
+DigitClassifier.add_asgi_middleware(Restore)  # the path paths.Label set aside
+DigitClassifier.add_asgi_middleware(Exposure, guarded=[*HINTS, "/metrics"], settings=SETTINGS)
+DigitClassifier.add_asgi_middleware(
+    Guard,
+    hints=HINTS,
+    bodies=endpoint_bodies(SETTINGS.max_batch, LIMITS, SETTINGS.max_body_bytes),
+    body_timeout_s=SETTINGS.body_timeout_s,
+)
 DigitClassifier.add_asgi_middleware(fastlane.FastLane)

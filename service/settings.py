@@ -8,11 +8,19 @@ variable's name, instead of a traceback deep in BentoML. The defaults were measu
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from service.forward import CHUNK
 from service.inputs.limits import Limits
@@ -21,6 +29,8 @@ CORES = os.cpu_count() or 2
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
 Positive = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
+MIN_KEY_CHARS = 16  # e.g. `openssl rand -hex 32` gives 64
+SECRETS = {"api_key"}  # never echoed, not even in a settings error
 
 
 class Settings(BaseModel):
@@ -40,6 +50,20 @@ class Settings(BaseModel):
     max_batch: Positive = Limits.max_batch  # images in one batch request
     model_batch: Positive = CHUNK  # images per graph call (bigger requests are split)
     max_queue: Count = 4096  # images waiting for the model before a 503
+    # Pictures decode in child processes (service/sandbox.py), per worker: this many at once,
+    # each killed past the timeout or the memory limit. 3 s is ~10× a 12-megapixel phone JPEG's
+    # decode here; 1 GiB is twice the worst legal PNG's (~460 MB, 40 Mpx).
+    decoders: Positive = 1
+    decode_timeout_s: Annotated[float, Field(gt=0)] = 3.0
+    decode_memory_mb: Positive = 1024
+    # /explain (eager TensorFlow with a gradient tape, tens of ms) runs this many at once per
+    # worker, in its own threads; and requests waiting for a decoder or an explanation, each,
+    # before a 503.
+    explainers: Positive = 1
+    max_waiting: Count = 8
+    # The whole body must arrive within this long (408 otherwise), under BentoML's 30 s timeout,
+    # which would answer a client's stall with a 504.
+    body_timeout_s: Annotated[float, Field(gt=0, lt=30)] = 20.0
     access_log: bool = False
     # Every N-th response of a worker closes its keep-alive connection, so connections a client
     # opened in a burst spread over the workers (service/http/recycle.py); 0 keeps them open.
@@ -49,6 +73,49 @@ class Settings(BaseModel):
     trace_predictions: bool = False
     # Well-formed JSON /predict requests skip BentoML's generic request path (http/fastlane.py).
     fast_lane: bool = True
+    # the connection (service/http/server.py)
+    # Request line and headers of one request, in bytes: past it 414 or 431 and the connection
+    # closed. 16 KiB is Node's and h11's limit; unbounded, a 64 MiB header took 10 s of CPU.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    # From the accept (or a request's first byte) until its headers end, else 408 and closed:
+    # HAProxy's usual `timeout http-request`; a real client's head is one packet.
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Open connections per worker; one more is answered 503 at accept (and kept under the
+    # open-file limit). 1000 connections cost a worker 5 MB idle, 12 MB after a request.
+    max_connections: Positive = 1000
+    # exposure (service/http/exposure.py)
+    # The address `bentoml serve` binds without --host (a Bento, the container): loopback.
+    # Exposing the service is this explicit choice (e.g. 0.0.0.0), and then needs a key.
+    host: str = "127.0.0.1"
+    # Host header names served besides localhost, 127.0.0.1 and [::1] (any port); "*": any.
+    allowed_hosts: tuple[str, ...] = ()
+    # The key the prediction endpoints and /metrics then require (never printed); with none,
+    # they answer loopback arrivals only.
+    api_key: SecretStr | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value.strip("[]")))
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip().lower() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_KEY_CHARS:
+            raise ValueError(f"an API key needs at least {MIN_KEY_CHARS} characters")
+        return value
+
+    @property
+    def key(self) -> str | None:
+        """The API key, or None: no key."""
+        return self.api_key.get_secret_value().strip() if self.api_key is not None else None
 
     @property
     def threads(self) -> int:
@@ -70,8 +137,12 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{names[str(e['loc'][0])]}={values[str(e['loc'][0])]!r}: {e['msg']}"
-                for e in err.errors()
-            )
+            problems = "; ".join(_problem(e, names, values) for e in err.errors())
             raise SystemExit(f"service settings: {problems}") from None
+
+
+def _problem(error: Mapping, names: Mapping[str, str], values: Mapping[str, str]) -> str:
+    """One bad value: its variable and what it held (never a secret's)."""
+    field = str(error["loc"][0])
+    shown = "(hidden)" if field in SECRETS else repr(values[field])
+    return f"{names[field]}={shown}: {error['msg']}"

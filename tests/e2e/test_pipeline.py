@@ -7,13 +7,17 @@ the way a user's session does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import analysis
@@ -291,3 +295,133 @@ def test_same_params_give_identical_metrics(ws, tmp_path):
         assert evaluation[key] == ws["first_eval"][key], key
     for key in ("train_loss", "val_accuracy", "val_loss_last_epoch", "train_compute_macs"):
         assert train[key] == ws["first_train"][key], key
+
+
+def test_interrupted_training_resumes_bit_identical(ws, tmp_path):
+    """The training process killed (SIGKILL: no handler runs, the hardest crash) during epoch 3
+    of 4, then `dvc repro`: training continues after the last completed epoch (never from epoch
+    1), in the same MLflow run, and every per-epoch number and the final metrics equal the
+    uninterrupted first run's exactly (docs/pipeline.md: bit-identical). Ctrl-C takes the same
+    path, but Keras may swallow a SIGINT that lands inside TensorFlow, so the test kills."""
+    env = isolated_env(tmp_path)
+    again = make_workspace(tmp_path / "project", env)
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro", "train"],
+        cwd=again,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch 3/4"):  # epoch 2's end-of-epoch callbacks have all run
+            for child in psutil.Process(proc.pid).children(recursive=True):  # the stage's python
+                child.kill()
+            break
+    seen.append(proc.communicate(timeout=120)[0])
+    assert proc.returncode != 0, "".join(seen)[-2000:]
+    assert not (again / "models/model.keras").exists()
+    (backup,) = (again / ".resume").glob("train-*")
+    meta = json.loads((backup / "meta.json").read_text())
+    assert meta["epoch"] in (2, 3)
+
+    proc = run([str(BIN / "dvc"), "repro", "train"], again, env)
+    out = proc.stdout + proc.stderr
+    assert f"resuming after epoch {meta['epoch']}" in out
+    assert "Epoch 1/4" not in out and "Epoch 2/4" not in out and "Epoch 4/4" in out
+    assert not (again / ".resume").exists()  # removed once the stage succeeded
+
+    train = json.loads((again / "metrics/train.json").read_text())
+    for key in ("epochs", "train_accuracy", "train_loss", "val_accuracy", "val_loss_last_epoch"):
+        assert train[key] == ws["first_train"][key], key
+    # Per epoch, the history equals what the uninterrupted run logged to MLflow, to the bit.
+    first_run = client(ws).get_model_version(MODEL, "1").run_id
+    rows = (again / "plots/train/history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [0, 1, 2, 3]
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        column = [float(r.split(",")[header.index(metric)]) for r in rows[1:]]
+        logged = client(ws).get_metric_history(first_run, metric)
+        assert column == [m.value for m in sorted(logged, key=lambda m: m.step)], metric
+    resumed_run = json.loads((again / "models/mlflow_run.json").read_text())["run_id"]
+    assert resumed_run == meta["run_id"]  # the same MLflow run, continued
+    mlflow_store = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    steps = [m.step for m in mlflow_store.get_metric_history(resumed_run, "val_loss")]
+    assert sorted(steps) == [0, 1, 2, 3]
+
+
+def _latest_tag(ws) -> str:
+    """What `mnist-cnn:latest`, the tag the service loads, resolves to in the BentoML store."""
+    cmd = [str(BIN / "bentoml"), "models", "get", f"{MODEL}:latest", "-o", "json"]
+    shown = json.loads(run(cmd, ws["dir"], ws["env"]).stdout)
+    return f"{shown['name']}:{shown['version']}"
+
+
+@contextlib.contextmanager
+def _artifacts_unreachable(ws, version: str):
+    """The registry version's files moved away (a store that lost them, a network down)."""
+    c = client(ws)
+    source = c.get_model_version(MODEL, version).source  # models:/m-<logged model id>
+    logged = c.get_logged_model(source.removeprefix("models:/"))
+    where = Path(logged.artifact_location.removeprefix("file://"))
+    aside = where.with_name(f"{where.name}.away")
+    where.rename(aside)
+    try:
+        yield
+    finally:
+        aside.rename(where)
+
+
+def test_package_keeps_latest_on_a_complete_champion(ws):
+    """`:latest` moves only to a fully imported champion: a failing import leaves the store as it
+    was, and a rollback moves `:latest` back to the copy in the store without re-importing it
+    (the old code deleted that copy first, so a failed download left `:latest` on v2)."""
+    c, env, d = client(ws), ws["env"], ws["dir"]
+
+    def tag(v: str) -> str:
+        return f"{MODEL}:v{v}-{c.get_model_version(MODEL, v).run_id[:8]}"
+
+    package = [str(BIN / "python"), "-m", "pipelines.package"]
+    assert _latest_tag(ws) == tag("1")
+    c.set_registered_model_alias(MODEL, "champion", "2")  # a teammate promotes v2
+    with _artifacts_unreachable(ws, "2"):
+        failed = run(package, d, env, check=False)
+    assert failed.returncode != 0
+    assert _latest_tag(ws) == tag("1")  # untouched: no half-imported v2 anywhere
+    listed = run([str(BIN / "bentoml"), "models", "list", "-o", "json"], d, env).stdout
+    assert [m["tag"] for m in json.loads(listed)] == [tag("1")]
+    assert not list(Path(env["BENTOML_HOME"]).glob(".package-*"))  # no staging left behind
+
+    assert "imported mnist-cnn v2" in run(package, d, env).stderr
+    assert _latest_tag(ws) == tag("2")
+    c.set_registered_model_alias(MODEL, "champion", "1")  # the rollback
+    with _artifacts_unreachable(ws, "1"):  # nothing to download: v1 is still in the store
+        back = run(package, d, env)
+    assert f"points at {tag('1')} again" in back.stderr
+    assert _latest_tag(ws) == tag("1")
+
+
+def test_bento_builds_offline_with_the_locked_pins(ws):
+    """`bentoml build` with every network path closed: the Bento's requirements are exactly
+    requirements.bento.txt's pins (the lock's), and usage tracking is off in its environment."""
+    offline = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1", "HTTP_PROXY": "http://127.0.0.1:9"}
+    env = {**ws["env"], **offline, "HTTPS_PROXY": "http://127.0.0.1:9"}
+    run([str(BIN / "bentoml"), "build"], ws["dir"], env, timeout=300)
+    (bento,) = [
+        p
+        for p in (Path(env["BENTOML_HOME"]) / "bentos" / "digit_classifier").iterdir()
+        if p.is_dir()
+    ]
+    pins = [
+        line
+        for line in (ws["dir"] / "requirements.bento.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    shipped = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    assert set(pins) <= set(shipped), set(pins) - set(shipped)
+    assert {"uvloop==0.23.0", "httptools==0.9.0"} <= set(shipped)
+    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
+    envs = {e["name"]: e["value"] for e in manifest["envs"]}
+    assert envs["BENTOML_DO_NOT_TRACK"] == "true"

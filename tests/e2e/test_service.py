@@ -300,7 +300,7 @@ BAD = {
         "predict",
         {"json": {"image": GRID, "scale": "0-65535"}},
         400,
-        "invalid_field",
+        "bad_scale",
         "scale",
     ),
     "batch-over-limit": (

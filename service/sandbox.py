@@ -1,0 +1,175 @@
+"""Picture decoding in child processes: a hostile file costs bounded time, memory and concurrency.
+
+A decoder cannot be stopped from inside: a progressive JPEG of thousands of tiny scans, or an RLE
+BMP that Pillow decodes in pure Python holding the GIL, runs for seconds to minutes whatever the
+request timeout says, and a small PNG can inflate to hundreds of MB. So each worker decodes in
+`slots` long-lived child processes (forked from a forkserver that imported only Pillow and numpy,
+never TensorFlow), each with an address-space limit and a lower CPU priority than the worker, and
+kills and replaces a child that takes longer than `timeout_s`. `Slots` caps how many requests may
+wait for one; past that the caller gets `Overloaded` (a 503 with Retry-After), not a longer queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import resource
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+from service.batcher import Overloaded
+from service.refusals import Rejected
+
+PRELOAD = ["service.inputs.pictures", "service.inputs.data_urls", "service.sandbox"]
+NICE = 10  # decoding yields the CPU to the workers' event loops and the model
+
+
+class Slots:
+    """At most `size` holders at once and `max_waiting` more in line; past that, Overloaded."""
+
+    def __init__(self, size: int, max_waiting: int, what: str) -> None:
+        self.size, self.max_waiting, self.what = size, max_waiting, what
+        self._free = asyncio.Semaphore(size)
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self) -> None:
+        if self._free.locked() and self.waiting >= self.max_waiting:
+            raise Overloaded(
+                f"{self.size} {self.what} busy and {self.waiting} more waiting in this worker"
+            )
+        self.waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        self._free.release()
+
+
+class Sandbox:
+    """`await sandbox(fn, *args)`: fn(*args) in a child process, within the bounds above.
+
+    fn and args must pickle (module-level functions, bytes, dataclasses); `Rejected` comes back
+    as itself, a killed or crashed child as Rejected("too_costly").
+    """
+
+    def __init__(self, slots: int, timeout_s: float, memory_bytes: int, max_waiting: int) -> None:
+        self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
+        self.slots = Slots(slots, max_waiting, "picture decoders")
+        self._children = [_Child(memory_bytes) for _ in range(slots)]
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        await self.slots.acquire()
+        child = self._children.pop()
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(None, child.run, fn, args, self.timeout_s)
+
+        def done(future: asyncio.Future) -> None:
+            # only once the thread is done with the child: a request cancelled meanwhile (a
+            # timeout, a client gone) must not hand a busy child to the next one
+            self._children.append(child)
+            self.slots.release()
+            if not future.cancelled():
+                future.exception()  # retrieved: a cancelled caller no longer awaits it
+
+        running.add_done_callback(done)
+        return await asyncio.shield(running)
+
+    def close(self) -> None:
+        for child in self._children:
+            child.stop()
+
+
+class _Child:
+    """One decoding process, started on first use and again after it is killed."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        self.memory_bytes = memory_bytes
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+
+    def run(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        assert self.conn is not None
+        self.conn.send((fn, args))
+        if not self.conn.poll(timeout_s):
+            self.stop()
+            raise Rejected(
+                "too_costly",
+                f"decoding this picture took more than {timeout_s:g} s "
+                "(DIGIT_DECODE_TIMEOUT_S); send a smaller or simpler file (a baseline JPEG or a "
+                "PNG of a few hundred pixels a side)",
+            )
+        try:
+            ok, value = self.conn.recv()
+        except (EOFError, OSError):  # the child died: its memory limit, most likely
+            self.stop()
+            raise Rejected(
+                "too_costly",
+                f"decoding this picture needed more than {self.memory_bytes // 2**20:,} MiB "
+                "(DIGIT_DECODE_MEMORY_MB); send a smaller picture",
+            ) from None
+        if ok:
+            return value
+        raise value
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(theirs, self.memory_bytes), daemon=True, name="digit-decoder"
+        )
+        self.process.start()
+        theirs.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.join(5)
+        if self.conn is not None:
+            self.conn.close()
+        self.process = self.conn = None
+
+
+def _serve(conn: Connection, memory_bytes: int) -> None:
+    """The child's loop: (fn, args) in, (True, result) or (False, Rejected) out."""
+    os.nice(NICE)
+    limit = _address_space() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):  # the worker is gone
+            return
+        try:
+            conn.send((True, fn(*args)))
+        except Rejected as exc:
+            conn.send((False, exc))
+        except MemoryError:
+            conn.send((False, Rejected("too_costly", _MEMORY.format(memory_bytes // 2**20))))
+        except Exception as exc:  # a decoder bug is still the file's doing: refuse, don't 500
+            message = f"cannot decode the picture ({type(exc).__name__}); send PNG or JPEG"
+            conn.send((False, Rejected("not_an_image", message)))
+
+
+_MEMORY = "decoding this picture needs over {:,} MiB (DIGIT_DECODE_MEMORY_MB); send a smaller one"
+
+
+def _address_space() -> int:
+    """This process's virtual size now: the limit is set on top of what is already mapped."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
