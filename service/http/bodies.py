@@ -29,11 +29,11 @@ MAX_FILENAME = 200  # BentoML makes it a temp file's suffix: over ~240 bytes tha
 
 @dataclass(frozen=True)
 class JsonBody:
-    """A JSON object; `read` takes its fields to the images it holds (None: nothing to hand on
-    ahead of the API) or raises `Rejected`."""
+    """A JSON object; `read` takes its fields (and whether the body is free of JSON booleans) to
+    the images it holds (None: nothing to hand on ahead of the API) or raises `Rejected`."""
 
     fields: tuple[str, ...]
-    read: Callable[[dict], np.ndarray | None]
+    read: Callable[[dict, bool], np.ndarray | None]
     max_bytes: int
 
 
@@ -52,20 +52,20 @@ def endpoint_bodies(max_batch: int, limits: Limits, max_body: int) -> dict[str, 
     """Per prediction path, what its body must be (the same paths as `usage_hints`)."""
     grid = min(GRID_BODY_BYTES, max_body)
 
-    def canvas(fields: dict) -> None:
+    def canvas(fields: dict, _: bool) -> None:
         check_data_url(fields["data_url"], limits)
 
     return {
         "/predict": JsonBody(
-            ("image",), lambda f: json_image(f["image"], f.get("scale", "0-255")), grid
+            ("image",), lambda f, _: json_image(f["image"], f.get("scale", "0-255")), grid
         ),
         "/predict_batch": JsonBody(
             ("images",),
-            lambda f: json_images(f["images"], f.get("scale", "0-255"), max_batch),
+            lambda f, plain: json_images(f["images"], f.get("scale", "0-255"), max_batch, plain),
             max_body,
         ),
         "/predict_canvas": JsonBody(("data_url",), canvas, max_body),
-        "/explain": JsonBody(("image",), lambda f: json_image(f["image"]), grid),
+        "/explain": JsonBody(("image",), lambda f, _: json_image(f["image"]), grid),
         "/predict_npy": FormBody("array", max_body),
         "/predict_image": FormBody("image", max_body),
     }
@@ -89,7 +89,7 @@ def read_json(spec: JsonBody, body: bytes) -> np.ndarray | None:
     for name in spec.fields:
         if name not in fields:
             raise Rejected("missing_field", f"the field '{name}' is missing")
-    return spec.read(fields)
+    return spec.read(fields, b"true" not in body and b"false" not in body)
 
 
 def check_form(spec: FormBody, body: bytes, content_type: bytes) -> None:

@@ -429,8 +429,8 @@ def test_overload_answers_503_with_retry_after(ws):
 
 
 def test_the_fast_lane_answers_byte_for_byte_what_the_api_would(served, bento_served, digits):
-    """/predict through the fast lane (the source tree's server) and through BentoML's own request
-    path (the Bento, DIGIT_FAST_LANE=0): the same bytes and headers, at both scales."""
+    """/predict and /predict_batch through the fast lane (the source tree's server) and through
+    BentoML's own request path (the Bento, DIGIT_FAST_LANE=0): the same bytes and headers."""
     for image in digits[0][:3]:
         for scale, values in (("0-255", image.tolist()), ("0-1", (image / 255).tolist())):
             body = {"image": values, "scale": scale}
@@ -440,6 +440,12 @@ def test_the_fast_lane_answers_byte_for_byte_what_the_api_would(served, bento_se
             assert lane.content == api.content
             for header in ("Content-Type", "X-Model-Version"):
                 assert lane.headers[header] == api.headers[header], header
+    body = {"images": digits[0][:5].tolist()}  # /predict_batch takes the lane too
+    lane = requests.post(f"{served['url']}/predict_batch", json=body, timeout=60)
+    api = requests.post(f"{bento_served['url']}/predict_batch", json=body, timeout=60)
+    assert api.status_code == lane.status_code == 200, api.text
+    assert lane.content == api.content
+    assert lane.headers["X-Model-Version"] == api.headers["X-Model-Version"]
 
 
 def test_the_bento_holds_the_service_and_the_champion_but_no_training_code(ws, bento_served):
