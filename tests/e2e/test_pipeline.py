@@ -20,6 +20,7 @@ import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
+from common import cpu
 from pipelines import analysis
 from tests.helpers import (
     BIN,
@@ -87,6 +88,10 @@ def test_repro_builds_every_stage(ws):
     assert set(evaluation["per_class"]) == {str(i) for i in range(10)}
     train = json.loads((d / "metrics/train.json").read_text())
     assert train["epochs"] == 4 and train["wall_time_s"] > 0
+    # Every timing names the CPU it ran on: its model and the vector extensions that set its speed.
+    assert train["cpu"] == cpu.model() and train["cpu_vector_extensions"].split() == (
+        cpu.vector_extensions()
+    )
     lock = (d / "dvc.lock").read_text()
     assert all(f"  {s}:" in lock for s in STAGES)
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], d, ws["env"]).stdout
