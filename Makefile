@@ -72,7 +72,7 @@ quick: $(STAMP) ## train the quick recipe as a DVC experiment (~11 min on 2 core
 	@echo "==> dvc exp run --temp: the quick recipe, default params otherwise"
 	$(BIN)/dvc exp run --temp $(QUICK)
 
-run-quick: quick package serve ## venv, the quick recipe, package, serve (~15 min the first time)
+run-quick: quick package serve ## venv, the quick recipe, package, serve (15 min from a fresh clone)
 
 # What `make run` will do and roughly how long each part takes on a 2-core machine of this kind (a fresh
 # clone, warm pip cache, README "First run"): printed first, so nobody wonders whether it hangs.
