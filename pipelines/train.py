@@ -168,9 +168,8 @@ def main() -> None:
             callbacks=callbacks,
         )
         wall = offset + time.perf_counter() - started
-        served = model_mod.plain(
-            net, p.train
-        )  # Keras' own layers, so loading needs no code of ours
+        # Saved with Keras' own layers, so loading it needs no code of ours.
+        served = model_mod.plain(net, p.train)
         with atomic_path(ws / layout.MODEL) as model_tmp:
             served.save(model_tmp)
         history = read_history(backup.history)
