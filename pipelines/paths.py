@@ -47,6 +47,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def artifact_root() -> str:
-    """Where a newly created experiment keeps its artifacts (beside the default SQLite store)."""
-    return os.environ.get("MLFLOW_ARTIFACT_ROOT") or (repo_root() / "mlartifacts").as_uri()
+def artifact_root() -> str | None:
+    """Where a newly created experiment keeps its artifacts: MLFLOW_ARTIFACT_ROOT if set; None for
+    a tracking server (its own proxied store, so a teammate's clone can download them); else
+    `mlartifacts/` beside the SQLite store."""
+    if os.environ.get("MLFLOW_ARTIFACT_ROOT"):
+        return os.environ["MLFLOW_ARTIFACT_ROOT"]
+    if tracking_uri().startswith(("http://", "https://")):
+        return None
+    return (repo_root() / "mlartifacts").as_uri()

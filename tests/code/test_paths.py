@@ -28,6 +28,9 @@ def test_tracking_uri_defaults_to_sqlite_at_the_root(monkeypatch, tmp_path):
     assert paths.artifact_root() == (tmp_path / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert paths.tracking_uri() == "http://mlflow.internal:5000"
+    # A tracking server keeps the artifacts itself (proxied), not a folder on this machine.
+    monkeypatch.delenv("MLFLOW_ARTIFACT_ROOT", raising=False)
+    assert paths.artifact_root() is None
 
 
 def test_dvc_root_names_the_store_but_not_the_workspace(monkeypatch, tmp_path):
