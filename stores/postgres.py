@@ -55,7 +55,13 @@ def owner() -> str | None:
 
 def _as_owner(cmd: list[str]) -> list[str]:
     user = owner()
-    return ["runuser", "-u", user, "--", *cmd] if user else cmd
+    if not user:
+        return cmd
+    # util-linux's runuser lives in /usr/sbin, which a non-login PATH (CI's) may lack.
+    runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if runuser is None:
+        raise StoreError("running as root needs util-linux's runuser to drop to 'postgres'")
+    return [runuser, "-u", user, "--", *cmd]
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
