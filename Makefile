@@ -30,7 +30,7 @@ MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.mo
 # take a URL name the shell's variable, never make's, so make itself never prints the secret.
 REDACT = $(BIN)/python -m pipelines.redact
 
-.PHONY: help plan venv repro package serve run quick run-quick build bench monitor test test-fast lint format mlflow-ui stores stores-stop stores-status publish pull lock clean
+.PHONY: help plan venv repro package serve run quick run-quick build bench monitor test test-fast lint format mlflow-ui champion rollback stores stores-stop stores-status publish pull lock clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -121,6 +121,12 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 mlflow-ui: $(STAMP) ## browse experiments and the registry on http://127.0.0.1:$(MLFLOW_PORT)
 	@echo "==> MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (store: $$($(REDACT) "$$MLFLOW_TRACKING_URI"))"
 	@$(BIN)/mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+champion: $(STAMP) ## the registry's champion and the versions eligible to replace it
+	@$(BIN)/python -m pipelines.champion show
+
+rollback: $(STAMP) ## retire the champion; the best version still eligible takes its place
+	@$(BIN)/python -m pipelines.champion rollback $(if $(REASON),--reason "$(REASON)")
 
 # Team mode (docs/team.md): PostgreSQL + an MLflow tracking server on loopback, state in
 # STORES_DIR (default ~/.local/share/digit-mlops/stores; root: /var/lib/digit-mlops/stores), and

@@ -1,9 +1,18 @@
 """Stage 5, register: make the logged model a registry version and decide who is champion.
 
-Every run becomes a new version with alias `challenger`; `champion` moves only to a model that
-passes the accuracy gate and is not worse than the current champion, so a bad retrain never
-replaces a good model in service. The receipt is `cache: false` in dvc.yaml: no run-cache hit can
-skip this side effect.
+Every run becomes a new version with alias `challenger`; `champion` goes to the best eligible
+version, so a bad retrain never replaces a good model in service. Eligible: its test accuracy
+(tag `test_accuracy`) passes `register.min_accuracy` and it is not tagged `retired` (what a
+rollback does to the version it takes out of service). The current champion always competes too.
+Ties go to the newer version.
+
+Race-free without a lock: two registers at once (`dvc queue start -j 2`, two teammates) may both
+write the alias, but each one, after every write, reads the registry again and writes again until
+the alias is on the best version it can see. The last writer therefore checks after its write,
+and any version registered later is checked by its own register, so the alias always ends on the
+best of them. Unlike a lock this needs nothing but the MLflow API (SQLite, PostgreSQL or a
+tracking server over HTTP alike), and nothing can stay locked when a register dies. The receipt
+is `cache: false` in dvc.yaml: no run-cache hit can skip this side effect.
 
 Idempotent: a retry after a crash (the stage died after registering, before its receipt, so DVC
 runs it again) finds the version already registered for the same run and logged model and reuses
@@ -15,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -28,35 +39,98 @@ from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+RETIRED = "retired"  # a version tag: never champion again (set by a rollback)
 LINEAGE_TAGS = ("git_commit", "data_hash")
+SETTLE_ROUNDS = 50  # writes one register may make before it gives up (two racing need two or three)
 
 
-def current_champion(client: MlflowClient, name: str) -> tuple[str, float] | None:
-    """(version, test accuracy) of the model now aliased champion, or None if there is none."""
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+class Candidate(NamedTuple):
+    """A registry version as the gate sees it; tuples compare accuracy first, then the version."""
+
+    accuracy: float
+    version: int
+
+
+def best(candidates: Iterable[Candidate]) -> Candidate | None:
+    """The champion the gate wants: highest test accuracy, the newer version on a tie."""
+    return max(candidates, default=None)
+
+
+def accuracy_of(client: MlflowClient, mv: ModelVersion) -> float:
     acc = mv.tags.get("test_accuracy")
     if acc is None:  # a version registered by hand: fall back to its run's metric
-        acc = client.get_run(mv.run_id).data.metrics.get("test_accuracy", 0.0)
-    return str(mv.version), float(acc)
+        run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        acc = run_metrics.get("test_accuracy", 0.0)
+    return float(acc)
 
 
-def decide(
-    accuracy: float, min_accuracy: float, champion: tuple[str, float] | None
-) -> tuple[bool, str]:
-    """The champion gate, as a pure function so its rules are easy to read and test."""
+def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Every version of `name`, page by page (search returns at most a page at a time)."""
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        try:
+            page = client.search_model_versions(
+                f"name='{name}'", max_results=1000, page_token=token
+            )
+        except MlflowException:  # no such registered model yet
+            return found
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def champion_of(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def eligible(client: MlflowClient, name: str, min_accuracy: float) -> list[Candidate]:
+    """The versions that may be champion: passing and not retired, plus the champion itself
+    (a version someone promoted by hand keeps its place until a better one comes)."""
+    out = []
+    for mv in all_versions(client, name):
+        acc = mv.tags.get("test_accuracy")
+        if acc is not None and float(acc) >= min_accuracy and RETIRED not in mv.tags:
+            out.append(Candidate(float(acc), int(mv.version)))
+    now = champion_of(client, name)
+    if now is not None and RETIRED not in now.tags:
+        out.append(Candidate(accuracy_of(client, now), int(now.version)))
+    return out
+
+
+def settle(client: MlflowClient, name: str, min_accuracy: float) -> tuple[Candidate | None, int]:
+    """Move `champion` to the best eligible version, re-reading after each write until it stays
+    there; return (the champion, how many writes it took). See the module docstring for why this
+    cannot lose a race."""
+    for writes in range(SETTLE_ROUNDS):
+        target = best(eligible(client, name, min_accuracy))
+        now = champion_of(client, name)
+        if target is None:  # nothing eligible: leave the alias where it is
+            return (Candidate(accuracy_of(client, now), int(now.version)) if now else None), writes
+        if now is not None and int(now.version) == target.version:
+            return target, writes
+        client.set_registered_model_alias(name, CHAMPION, str(target.version))
+    raise RuntimeError(f"register: {CHAMPION} of {name} did not settle in {SETTLE_ROUNDS} writes")
+
+
+def reason(accuracy: float, version: int, min_accuracy: float, champion: Candidate | None) -> str:
+    """Why this version is or is not champion, in words for the receipt and the log."""
     if accuracy < min_accuracy:
-        return False, f"test accuracy {accuracy:.4f} is below register.min_accuracy {min_accuracy}"
+        return f"test accuracy {accuracy:.4f} is below register.min_accuracy {min_accuracy}"
     if champion is None:
-        return True, f"first model to pass the gate (test accuracy {accuracy:.4f})"
-    version, best = champion
-    if accuracy < best:
-        return False, (
-            f"test accuracy {accuracy:.4f} is worse than champion v{version}'s {best:.4f}"
+        return f"no eligible champion (test accuracy {accuracy:.4f})"
+    if champion.version == version:
+        return f"best eligible version (test accuracy {accuracy:.4f})"
+    if champion.accuracy > accuracy:
+        return (
+            f"test accuracy {accuracy:.4f} is worse than champion v{champion.version}'s "
+            f"{champion.accuracy:.4f}"
         )
-    return True, f"test accuracy {accuracy:.4f} ≥ champion v{version}'s {best:.4f}"
+    return f"champion v{champion.version} ties at {champion.accuracy:.4f} and is newer"
 
 
 def already_registered(
@@ -77,6 +151,10 @@ def register(client: MlflowClient, name: str, model_uri: str, tags: dict[str, st
     created = mv is None
     if mv is None:
         mv = mlflow.register_model(model_uri, name, tags=tags | {"model_uri": model_uri})
+    else:  # the gate reads test_accuracy from the tags: make sure the earlier try left them all
+        for key, value in tags.items():
+            if mv.tags.get(key) != value:
+                client.set_model_version_tag(name, mv.version, key, value)
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
     except BaseException:
@@ -92,7 +170,7 @@ def main() -> None:
     ws = workspace()
     logged = read_json(ws / layout.LOGGED_MODEL)
     accuracy = float(read_json(ws / layout.EVAL_METRICS)["accuracy"])
-    name = p.register.model_name
+    name, min_accuracy = p.register.model_name, p.register.min_accuracy
 
     connect(p.mlflow.experiment)
     client = MlflowClient()
@@ -100,25 +178,21 @@ def main() -> None:
     tags = {k: run.data.tags[k] for k in LINEAGE_TAGS if k in run.data.tags}
     tags |= {"run_id": logged["run_id"], "test_accuracy": f"{accuracy:.6f}"}
 
-    champion = current_champion(client, name)
-    version = register(client, name, logged["model_uri"], tags)
-    if champion is not None and champion[0] == version:  # a retry that got this far before
-        promote, reason = True, f"v{version} is already champion (registered by an earlier try)"
-    else:
-        promote, reason = decide(accuracy, p.register.min_accuracy, champion)
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+    version = int(register(client, name, logged["model_uri"], tags))
+    champion, _ = settle(client, name, min_accuracy)
+    promoted = champion is not None and champion.version == version
+    why = reason(accuracy, version, min_accuracy, champion)
     receipt = {
         "model_name": name,
-        "version": int(version),
+        "version": version,
         "run_id": logged["run_id"],
         "test_accuracy": accuracy,
-        "decision": "promoted to champion" if promote else "challenger only",
-        "reason": reason,
-        "champion_version": int(version) if promote else (int(champion[0]) if champion else None),
+        "decision": "promoted to champion" if promoted else "challenger only",
+        "reason": why,
+        "champion_version": champion.version if champion else None,
     }
     write_json(ws / layout.RECEIPT, receipt)
-    print(f"register: {name} v{version}: {receipt['decision']} ({reason})", file=sys.stderr)
+    print(f"register: {name} v{version}: {receipt['decision']} ({why})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Stage 3, train: fit the CNN on the training split, watching the validation split.
 
 Opens the MLflow run that evaluate later continues: params, per-epoch metrics, lineage tags, and
-the training compute (epochs run × training images × forward multiply-adds per image).
+the training compute (epochs run × training images × forward multiply-adds per image). A
+tracking-server outage during training only delays the metrics (pipelines/epoch_log.py).
 
 Resumable (pipelines/resume.py): after Ctrl-C or a crash, the next `dvc repro` continues after the
 last completed epoch, in the same MLflow run, and ends with the same weights as an uninterrupted
@@ -27,6 +28,7 @@ from pipelines import layout, resume
 from pipelines import model as model_mod
 from pipelines.atomic import atomic_path, write_json, write_text
 from pipelines.data import load_split
+from pipelines.epoch_log import EpochMetrics, patiently
 from pipelines.log import start
 from pipelines.paths import workspace
 from pipelines.tracking import connect, data_hash, flatten, git_commit
@@ -141,7 +143,8 @@ def main() -> None:
             first = saved.epoch
             print(f"train: resuming after epoch {first} (backup {backup.folder})", file=sys.stderr)
         last = first if saved is not None and saved.stopped else p.train.epochs
-        callbacks: list[keras.callbacks.Callback] = [mlflow.keras.MlflowCallback()]
+        shipper = EpochMetrics(run.info.run_id)  # survives a tracking-server outage
+        callbacks: list[keras.callbacks.Callback] = [shipper]
         early = None
         if p.train.early_stopping_patience:
             early = keras.callbacks.EarlyStopping(
@@ -168,6 +171,7 @@ def main() -> None:
             callbacks=callbacks,
         )
         wall = offset + time.perf_counter() - started
+        shipper.close()  # every epoch's metrics are in MLflow before the run can end
         # Saved with Keras' own layers, so loading it needs no code of ours.
         served = model_mod.plain(net, p.train)
         with atomic_path(ws / layout.MODEL) as model_tmp:
@@ -193,14 +197,16 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "") == "1",
         }
-        mlflow.log_metrics(
-            {
-                "train_wall_time_s": wall,
-                "train_compute_macs": summary["train_compute_macs"],
-                "final_val_accuracy": summary["val_accuracy"],
-            }
+        final_metrics = {
+            "train_wall_time_s": wall,
+            "train_compute_macs": summary["train_compute_macs"],
+            "final_val_accuracy": summary["val_accuracy"],
+        }
+        patiently(lambda: mlflow.log_metrics(final_metrics), "final metrics")
+        patiently(
+            lambda: mlflow.log_artifact(str(ws / layout.HISTORY), artifact_path="plots"),
+            "training history",
         )
-        mlflow.log_artifact(str(ws / layout.HISTORY), artifact_path="plots")
         write_json(ws / layout.TRAIN_METRICS, summary)
         write_json(
             ws / layout.RUN_INFO,
