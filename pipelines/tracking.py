@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from pipelines.paths import artifact_root, tracking_uri, workspace
 from pipelines.redact import redact
@@ -27,7 +28,12 @@ def connect(experiment: str) -> str:
     if found is not None:
         exp_id = found.experiment_id
     else:
-        exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_root())
+        try:
+            exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_root())
+        except MlflowException as err:  # a queued experiment beside this one created it first
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
