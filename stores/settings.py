@@ -24,6 +24,28 @@ def default_dir() -> Path:
     return Path(data) / "digit-mlops/stores"
 
 
+PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")  # MLflow's basic-auth permissions
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 < value < 65536:
+        raise SystemExit(f"stores: {name}={raw!r} is not a port or count (a whole number, 1-65535)")
+    return value
+
+
+def _permission() -> str:
+    raw = (os.environ.get("STORES_DEFAULT_PERMISSION") or "EDIT").strip().upper()
+    if raw not in PERMISSIONS:
+        choices = ", ".join(PERMISSIONS)
+        raise SystemExit(f"stores: STORES_DEFAULT_PERMISSION={raw!r}: give one of {choices}")
+    return raw
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -35,15 +57,20 @@ class Settings:
     mlflow_port: int
     auth: bool  # MLflow's basic-auth app, its users in the same PostgreSQL
     workers: int = 2  # the tracking server's processes (each loads MLflow)
+    # What a signed-in user may do with experiments and models someone else created: EDIT lets
+    # the team log runs into one experiment and register versions of one model; the creator
+    # (and the admin) alone may delete them or change who may.
+    default_permission: str = "EDIT"
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
             dir=Path(os.environ.get("STORES_DIR") or default_dir()).expanduser().absolute(),
-            pg_port=int(os.environ.get("STORES_PG_PORT") or DEFAULT_PG_PORT),
-            mlflow_port=int(os.environ.get("STORES_MLFLOW_PORT") or DEFAULT_MLFLOW_PORT),
+            pg_port=_int("STORES_PG_PORT", DEFAULT_PG_PORT),
+            mlflow_port=_int("STORES_MLFLOW_PORT", DEFAULT_MLFLOW_PORT),
             auth=_flag("STORES_AUTH"),
-            workers=int(os.environ.get("STORES_MLFLOW_WORKERS") or 2),
+            workers=_int("STORES_MLFLOW_WORKERS", 2),
+            default_permission=_permission(),
         )
 
     @property

@@ -53,7 +53,7 @@ def auth_config(s: Settings) -> Path:
     ini = s.dir / "basic_auth.ini"
     ini.write_text(
         "[mlflow]\n"
-        "default_permission = READ\n"
+        f"default_permission = {s.default_permission}\n"
         f"database_uri = {postgres.uri(s, 'mlflow_auth')}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"

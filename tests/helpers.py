@@ -70,7 +70,7 @@ INHERITED = ("HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "TERM")
 INHERITED_PREFIXES = ("LC_", "OPENBLAS_", "SSL_CERT_")
 # Variables whose presence in the test process itself would change what in-process code does;
 # tests/conftest.py removes them before any test runs.
-FOREIGN_PREFIXES = ("MLFLOW_", "DVC_", "BENTOML_", "DIGIT_", "PROMETHEUS_")
+FOREIGN_PREFIXES = ("MLFLOW_", "DVC_", "BENTOML_", "DIGIT_", "PROMETHEUS_", "STORES_")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

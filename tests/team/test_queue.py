@@ -105,7 +105,7 @@ def test_a_pushed_experiment_applies_on_another_clone_without_training(queued, a
     name = "lr-1e-3"
     run([str(BIN / "dvc"), "exp", "push", "origin", name], ws, env)
     other = root / "other"
-    run(["git", "clone", "-q", str(root / "origin.git"), str(other)], root, env)
+    run(["git", "clone", "-q", "-b", "main", str(root / "origin.git"), str(other)], root, env)
     run([str(BIN / "dvc"), "exp", "pull", "origin", name], other, env)
     runs_before = len(admin.search_runs([admin.get_experiment_by_name(EXPERIMENT).experiment_id]))
     run([str(BIN / "dvc"), "exp", "apply", name], other, env)
@@ -124,6 +124,6 @@ def test_a_pushed_experiment_applies_on_another_clone_without_training(queued, a
 
 def test_two_registers_at_once_through_the_server(stores, admin):
     """The race harness of tests/code/test_register.py, over HTTP with basic auth."""
-    outcomes = race(stores["uri"], 12, seed=1)
+    outcomes = race(stores["uri"], 6, seed=1)
     lost = [o for o in outcomes if o.champion != o.expected]
     assert not lost, lost

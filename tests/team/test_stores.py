@@ -53,6 +53,25 @@ def test_unauthenticated_writes_are_refused(stores):
     assert created.status_code == 200, created.text
     mine = requests.post(url, json={"name": "by-alice"}, auth=(ALICE, ALICE_PASSWORD), timeout=30)
     assert mine.status_code == 200, mine.text
+    # A teammate may log runs into her experiment (STORES_DEFAULT_PERMISSION=EDIT) but not
+    # delete it: that is hers and the admin's.
+    bob = ("bob", "b0b-Test-pw-9Wq")
+    requests.post(
+        f"{stores['uri']}/api/2.0/mlflow/users/create",
+        json={"username": bob[0], "password": bob[1]},
+        auth=("admin", ADMIN_PASSWORD),
+        timeout=30,
+    ).raise_for_status()
+    exp_id = mine.json()["experiment_id"]
+    api = f"{stores['uri']}/api/2.0/mlflow"
+    logged = requests.post(
+        f"{api}/runs/create", json={"experiment_id": exp_id}, auth=bob, timeout=30
+    )
+    assert logged.status_code == 200, logged.text
+    gone = requests.post(
+        f"{api}/experiments/delete", json={"experiment_id": exp_id}, auth=bob, timeout=30
+    )
+    assert gone.status_code == 403, gone.text
 
 
 def test_users_live_in_postgres_and_secrets_in_no_file(stores):
