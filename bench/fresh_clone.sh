@@ -4,7 +4,7 @@
 # serves. Usage, from a clone whose outputs were pushed (`make publish`):
 #   MLFLOW_TRACKING_URI=http://127.0.0.1:5001 bench/fresh_clone.sh [REPO] [DEST] [PORT]
 set -euo pipefail
-: "${MLFLOW_TRACKING_URI:?point it at the team's tracking server (make stores prints it)}"
+: "${MLFLOW_TRACKING_URI:?point it at the tracking server of make stores}"
 REPO=${1:-$(git rev-parse --show-toplevel)}
 DEST=${2:-$(mktemp -d)/digit-mlops}
 PORT=${3:-3917}
