@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import BIN, clean_env, commit, make_workspace, run, set_params
 from tests.race import race
-from tests.team.conftest import ADMIN_PASSWORD
+from tests.team.conftest import ADMIN_PASSWORD, leftovers
 
 pytestmark = pytest.mark.e2e
 EXPERIMENT, MODEL = "queued", "queued-cnn"
@@ -38,7 +39,7 @@ def queue_status(ws, env) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def queued(stores, tmp_path_factory) -> dict:
+def queued(stores, tmp_path_factory) -> Iterator[dict]:
     """A clone with a git remote and the DVC remote; two experiments queued, run with -j 2."""
     root = tmp_path_factory.mktemp("queue")
     env = clean_env(
@@ -63,7 +64,12 @@ def queued(stores, tmp_path_factory) -> dict:
         assert time.monotonic() < deadline, status
         time.sleep(2)
     logs = {n: run([str(BIN / "dvc"), "queue", "logs", n], ws, env, check=False) for n in QUEUED}
-    return {"root": root, "ws": ws, "env": env, "status": status, "logs": logs}
+    yield {"root": root, "ws": ws, "env": env, "status": status, "logs": logs}
+    # DVC's queue workers stop by themselves once the queue is empty: none may stay behind.
+    deadline = time.monotonic() + 60
+    while (left := leftovers(root)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, f"left running: {[p.info for p in left]}"
 
 
 def test_two_queued_experiments_run_at_once_against_the_server(queued, admin):
