@@ -38,7 +38,8 @@ def rollback(client: MlflowClient, name: str, min_accuracy: float, why: str) -> 
     stamp = f"{getpass.getuser()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {why}"
     client.set_model_version_tag(name, now.version, RETIRED, stamp)
     champion, _ = settle(client, name, min_accuracy)
-    assert champion is not None and champion.version != int(now.version)
+    if champion is None or champion.version == int(now.version):  # a teammate's register raced
+        raise SystemExit(f"champion: v{now.version} retired, but the alias did not move; rerun")
     print(f"champion: v{now.version} retired; {name} champion is v{champion.version}")
     return champion.version
 
