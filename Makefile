@@ -30,10 +30,10 @@ MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.mo
 # take a URL name the shell's variable, never make's, so make itself never prints the secret.
 REDACT = $(BIN)/python -m pipelines.redact
 
-.PHONY: help plan venv repro package serve run quick run-quick build bench monitor test test-fast lint format mlflow-ui champion rollback stores stores-stop stores-status publish pull lock clean
+.PHONY: help plan venv repro package serve serve-replicas run quick run-quick build bench monitor test test-fast lint format mlflow-ui champion rollback promote unpin stores stores-stop stores-status publish pull lock clean
 
 help: ## list the verbs
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "==> setting up $(VENV) from requirements.lock (first time: a few minutes, ~3 GB)"
@@ -58,6 +58,10 @@ serve: $(STAMP) ## serve the packaged champion on http://127.0.0.1:$(PORT)
 	@$(BIN)/python -m service.banner --port $(PORT)
 	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml serve service.service:DigitClassifier \
 		--host 127.0.0.1 --port $(PORT)
+
+serve-replicas: $(STAMP) ## 2 replicas behind HAProxy on http://127.0.0.1:$(PORT) (docs/replicas.md)
+	@scripts/apt-ensure haproxy:haproxy
+	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/python -m deploy.replicas --port $(PORT)
 
 run: plan repro package serve ## the whole path: venv, dvc repro, package, serve
 
@@ -91,7 +95,7 @@ plan:
 build: package ## build a Bento (service + champion) with bentofile.yaml
 	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml build
 
-bench: package ## measure the served champion (vs mlflow serve) → bench/RESULTS.md
+bench: package ## measure the served champion (vs mlflow serve), a hot swap, the shadow → bench/RESULTS.md
 	@scripts/apt-ensure wrk:wrk
 	@echo "==> benchmark: $${BENCH_DURATION:-10} s per setting (knobs: bench/run.py docstring)"
 	$(BIN)/python -m bench.run
@@ -102,7 +106,7 @@ monitor: $(STAMP) ## Prometheus on http://127.0.0.1:$(PROM_PORT) scraping the se
 
 test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
 	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver promtool:prometheus \
-		pg_ctlcluster:postgresql
+		pg_ctlcluster:postgresql haproxy:haproxy
 	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"
 	$(BIN)/python -m pytest
 
@@ -125,8 +129,21 @@ mlflow-ui: $(STAMP) ## browse experiments and the registry on http://127.0.0.1:$
 champion: $(STAMP) ## the registry's champion and the versions eligible to replace it
 	@$(BIN)/python -m pipelines.champion show
 
-rollback: $(STAMP) ## retire the champion; the best version still eligible takes its place
+# The three ways to change the champion by hand (pipelines/champion.py), each followed by `package`,
+# so a running service (which follows the store) swaps to it within seconds, with no restart.
+rollback: $(STAMP) ## retire the champion and go back to the previous one; the service follows
 	@$(BIN)/python -m pipelines.champion rollback $(if $(REASON),--reason "$(REASON)")
+	@$(BIN)/python -m pipelines.package
+
+promote: $(STAMP) ## make VERSION=n the champion (it must pass the gate unless FORCE=1)
+	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=n [FORCE=1] [REASON=...]" >&2; exit 2; }
+	@$(BIN)/python -m pipelines.champion promote "$(VERSION)" $(if $(FORCE),--force) \
+		$(if $(REASON),--reason "$(REASON)")
+	@$(BIN)/python -m pipelines.package
+
+unpin: $(STAMP) ## after a promote: let the gate choose the champion again
+	@$(BIN)/python -m pipelines.champion unpin
+	@$(BIN)/python -m pipelines.package
 
 # Team mode (docs/team.md): PostgreSQL + an MLflow tracking server on loopback, state in
 # STORES_DIR (default ~/.local/share/digit-mlops/stores; root: /var/lib/digit-mlops/stores), and

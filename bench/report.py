@@ -85,6 +85,51 @@ def inprocess_section(run: Run) -> str:
     )
 
 
+def rollout_section(run: Run) -> str:
+    """The hot swap and the shadow (bench/rollout.py), or why they are missing."""
+    swap, shadow = run.rollout.get("swap"), run.rollout.get("shadow")
+    if swap is None:
+        return "Not measured in this run (BENCH_ROLLOUT=0, or its server did not start)."
+    failures = f" ({'; '.join(swap['failures'])})" if swap["failures"] else ""
+    switched = "" if swap["switched"] else " **Not every worker switched in time.**"
+    lines = [
+        f"A new champion (the same weights under a new tag) put at `:latest` under a closed-loop "
+        f"load of {swap['connections']} connections on `/predict`; each of the "
+        f"{swap['workers']} workers swaps on its own at its next look at the store (every 2 s).",
+        "",
+        "| what | measured |",
+        "| --- | ---: |",
+        f"| replies in the whole window | {swap['replies']:,} |",
+        f"| failed (non-2xx or connection error) | {swap['failed']}{failures} |",
+        f"| from the move of `:latest` to the last worker's switch | {swap['swap_s']:.1f} s |",
+        f"| replies answered meanwhile | {swap['during']:,} |",
+        f"| longest reply meanwhile | {swap['during_max_ms']:.0f} ms |",
+        f"| before the swap: p99 / longest reply | {swap['before_p99_ms']:.0f} / "
+        f"{swap['before_max_ms']:.0f} ms |",
+        f"| versions seen in replies | {', '.join(swap['versions'])} |",
+        "",
+        f"{switched}",
+    ]
+    rows = [o for o in run.outcomes if o.setting.server == "ours+shadow" and o.ok]
+    if shadow is not None and rows:
+        lines.append(
+            "The shadow: the same service with `DIGIT_SHADOW_SHARE=1` and the previous champion "
+            "as challenger; compare with the `ours /predict` rows of the same run above."
+        )
+        lines += ["", "| /predict | shadow off p50 / p99 ms | shadow on p50 / p99 ms |"]
+        lines.append("| --- | ---: | ---: |")
+        for o in rows:
+            off = run.find("ours", "/predict", o.setting.connections)
+            off_ms = f"{off.result.p50_ms:.2f} / {off.result.p99_ms:.2f}" if off and off.ok else "-"
+            on = f"{o.result.p50_ms:.2f} / {o.result.p99_ms:.2f}"
+            lines.append(f"| {o.setting.connections} connection(s) | {off_ms} | {on} |")
+        lines.append(
+            f"\nImages compared in the shadow: {shadow['compared']:,.0f}; skipped (backlog "
+            f"full): {shadow['skipped']:,.0f}."
+        )
+    return "\n".join(lines).rstrip()
+
+
 def render(run: Run, verdicts: list[Verdict], notes: str) -> str:
     c = run.champion
     accuracy = _percent(c.test_accuracy)
@@ -135,6 +180,10 @@ finished what wrk left in flight, so no setting inherits the previous one's back
 ## In-process ceiling (no HTTP)
 
 {inprocess_section(run)}
+
+## Rollout: a hot swap under load, and the shadow's cost
+
+{rollout_section(run)}
 
 {notes.rstrip()}
 """

@@ -88,6 +88,7 @@ class Run:
     inprocess: dict[str, float] | None = None
     inprocess_error: str | None = None
     problems: list[str] = field(default_factory=list)
+    rollout: dict[str, dict] = field(default_factory=dict)  # bench/rollout.py: "swap", "shadow"
 
     def find(self, server: str, endpoint: str, connections: int | None = None) -> Outcome | None:
         for o in self.outcomes:

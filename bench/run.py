@@ -9,7 +9,8 @@ Environment: BENCH_DURATION (s per setting, 10), BENCH_WARMUP (s, 2), BENCH_CONN
 BENCH_THREADS (wrk threads, 2), BENCH_BATCH (images per batch request, 1000),
 BENCH_BATCH_CONNECTIONS (2), BENCH_TIMEOUT (wrk request timeout s, 10), BENCH_START_TIMEOUT (s per
 server start, 120), BENCH_MLFLOW (1; 0 skips `mlflow models serve`, for quick A/B runs of our
-service), BENCH_OUTPUT (bench/RESULTS.md). Our server inherits the caller's DIGIT_* variables
+service), BENCH_ROLLOUT (1; 0 skips the hot swap and shadow measurements, bench/rollout.py),
+BENCH_OUTPUT (bench/RESULTS.md). Our server inherits the caller's DIGIT_* variables
 (e.g. `DIGIT_FAST_LANE=0 BENCH_MLFLOW=0 BENCH_OUTPUT=/tmp/ab.md make bench`); the report lists them.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench import load, machine, payloads, report, servers
+from bench import load, machine, payloads, report, rollout, servers
 from bench.results import Champion, Outcome, Run, Setting
 from bench.targets import judge
 
@@ -50,6 +51,7 @@ class Config:
     timeout_s: int
     start_timeout_s: int
     mlflow: bool
+    rollout: bool
     output: Path
 
     @classmethod
@@ -72,6 +74,7 @@ class Config:
             timeout_s=num("BENCH_TIMEOUT", 10),
             start_timeout_s=num("BENCH_START_TIMEOUT", 120),
             mlflow=os.environ.get("BENCH_MLFLOW", "1").strip() != "0",
+            rollout=os.environ.get("BENCH_ROLLOUT", "1").strip() != "0",
             output=Path(os.environ.get("BENCH_OUTPUT") or ROOT / "bench" / "RESULTS.md"),
         )
 
@@ -274,6 +277,43 @@ def bench_ours(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
                 run.outcomes.append(Outcome(s, error="our service did not start"))
 
 
+def bench_rollout(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
+    """A hot swap under load, then the shadow's cost at the /predict settings (bench/rollout.py)."""
+    home = private_home(tmp / "rollout", champ)
+    rollout.point(home, champ.bento_tag, "latest")
+    env = server_env(BENTOML_HOME=str(home))
+    argv = [str(BIN / "bentoml"), "serve", "service.service:DigitClassifier", "--host", "127.0.0.1"]
+    settings = rollout.shadow_settings()
+    try:
+        new = rollout.bench_swap(champ, home, tmp, env, argv, run)
+        rollout.point(home, champ.bento_tag, "challenger")  # the old champion, in the shadow
+        port = servers.free_port()
+        base = f"http://127.0.0.1:{port}"
+        print(f"==> starting our service with the challenger in the shadow on {base}", flush=True)
+        with servers.running(
+            "bentoml serve",
+            [*argv, "--port", str(port)],
+            f"{base}/readyz",
+            cwd=ROOT,
+            log=tmp / "bentoml-shadow.log",
+            env={**env, "DIGIT_MODEL_TAG": new, "DIGIT_SHADOW_SHARE": "1"},
+            timeout_s=cfg.start_timeout_s,
+        ) as server:
+            body = tmp / "predict-shadow.json"
+            image, label = payloads.single()
+            body.write_bytes(payloads.predict_json(image))
+            target = load.Target(f"{base}/predict", body)
+            check = check_ours_single(label, f"{champ.version}-next")  # rollout.next_version
+            for s in settings:
+                run.outcomes.append(measure(s, target, check, cfg, tmp, server))
+            run.rollout["shadow"] = rollout.shadow_metrics(base)
+    except servers.ServerError as err:
+        run.problems.append(f"the rollout measurement's server did not start: {err}")
+        done = {o.setting for o in run.outcomes}
+        missing = [s for s in settings if s not in done]
+        run.outcomes += [Outcome(s, error="server did not start") for s in missing]
+
+
 def bench_mlflow(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
     image, label = payloads.single()
     body = tmp / "invocations.json"
@@ -346,6 +386,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="digit-bench-") as tmp:
             bench_ours(cfg, champ, Path(tmp), run)
+            if cfg.rollout:
+                bench_rollout(cfg, champ, Path(tmp), run)
             if cfg.mlflow:
                 bench_mlflow(cfg, champ, Path(tmp), run)
         bench_inprocess(cfg, champ, run)

@@ -14,6 +14,15 @@ workspace changing (a teammate's promotion, a rollback), and its output is the B
 lives outside the workspace; so DVC could neither tell when to rerun it nor keep its result. It is
 cheap and idempotent, so `make package` simply runs it every time.
 
+The registry's `challenger` is packaged too (when it is another version than the champion) and
+named in a `challenger` file beside BentoML's `latest` (common/rollout.py), for the service's
+shadow and canary. Every packaged model carries a probe: the first test digits (seeded noise when
+the workspace has no prepared data) and the probabilities the registry's model gives them, which
+the service checks before it serves the model.
+
+A running service follows `:latest` (service/watcher.py): packaging a new champion, a rollback
+and a promotion reach it within seconds, with no restart.
+
 `:latest` (what the service loads) only ever moves to a complete champion: a new import is built in
 a staging store beside the real one and moved in with one rename (pipelines/atomic.py), then
 `:latest` is pinned to it with another; a champion already in the store (a rollback) is not
@@ -33,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import bentoml
 import mlflow
+import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models.model import ModelStore
 from mlflow.entities.model_registry import ModelVersion
@@ -42,6 +52,8 @@ from mlflow.tracking import MlflowClient
 
 from common.card import ModelCard
 from common.drift import REFERENCE_KEY, DriftReference
+from common.image import SHAPE
+from common.rollout import PROBE_FILE, PROBE_IMAGES, pointer, read_pointer, save_probe
 from pipelines import layout
 from pipelines import params as params_mod
 from pipelines.atomic import replace_dir, write_text
@@ -81,9 +93,28 @@ def drift_reference(champion_data_hash: str) -> DriftReference | None:
     return DriftReference.model_validate(ref)
 
 
+def probe_images() -> np.ndarray:
+    """What every packaged model is checked on: the first test digits, or seeded noise."""
+    try:
+        return load_split("test")[0][:PROBE_IMAGES, ..., 0]
+    except (OSError, ValueError, KeyError):
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (PROBE_IMAGES, *SHAPE), dtype=np.uint8)
+
+
 def bento_tag(name: str, version: str, run_id: str) -> str:
     """One Bento tag per registry version *and* run: a rebuilt store reusing v1 gets a new tag."""
     return f"{name}:v{version}-{run_id[:8]}"
+
+
+def challenger_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The registry's `name@challenger`, or None."""
+    try:
+        return client.get_model_version_by_alias(name, "challenger")
+    except MlflowException as err:
+        if err.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 def champion_version(client: MlflowClient, name: str) -> ModelVersion:
@@ -135,12 +166,14 @@ def import_champion(
             f"models:/{name}/{mv.version}", dst_path=str(Path(tmp) / "download")
         )
         net = mlflow.keras.load_model(local)
+        probe = probe_images()
+        answers = np.asarray(net(probe[..., None], training=False))
         run = client.get_run(mv.run_id).data
         card = ModelCard(
             registered_model=name,
             mlflow_version=str(mv.version),
             run_id=mv.run_id,
-            source=f"models:/{name}@champion",
+            source=f"models:/{name}/{mv.version}",
             test_accuracy=float(mv.tags.get("test_accuracy", "nan")),
             ece=run.metrics.get("test_ece"),
             train_wall_time_s=run.metrics.get("train_wall_time_s"),
@@ -155,10 +188,11 @@ def import_champion(
             tag,
             module="keras",
             metadata=card.to_metadata(),
-            labels={"alias": "champion"},
+            labels={"registry_version": str(mv.version)},
             _model_store=staging,
         ) as bento_model:
             keras.saving.save_model(net, Path(bento_model.path) / MODEL_FILE)
+            save_probe(Path(bento_model.path) / PROBE_FILE, probe, answers)
             if reference is not None:
                 (Path(bento_model.path) / REFERENCE_FILE).write_text(reference.model_dump_json())
         staged = Path(staging.get(tag).path)
@@ -169,9 +203,32 @@ def import_champion(
 
 
 def package(name: str) -> bentoml.Model:
+    """Package the champion (and the challenger beside it); return the champion's Bento model."""
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
     mv = champion_version(client, name)
+    champion = package_champion(client, name, mv)
+    package_challenger(client, name, mv, champion)
+    return champion
+
+
+def package_challenger(
+    client: MlflowClient, name: str, champion_mv: ModelVersion, champion: bentoml.Model
+) -> None:
+    """Import the registry's challenger if it is another version, and name it in the pointer
+    (the champion's own tag when they are the same version: nothing to compare)."""
+    mv = challenger_version(client, name)
+    if mv is None or mv.version == champion_mv.version:
+        chosen = champion
+    else:
+        tag = bento_tag(name, mv.version, mv.run_id)
+        chosen = in_store(tag) or import_champion(client, name, mv, tag, None)
+    if read_pointer(Path(champion.path)) != chosen.tag.version:
+        write_text(pointer(Path(champion.path)), chosen.tag.version)
+        print(f"package: challenger is {chosen.tag}", file=sys.stderr)
+
+
+def package_champion(client: MlflowClient, name: str, mv: ModelVersion) -> bentoml.Model:
     tag = bento_tag(name, mv.version, mv.run_id)
     reference = drift_reference(mv.tags.get("data_hash", "unknown"))
     model = in_store(tag)

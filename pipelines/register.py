@@ -4,7 +4,12 @@ Every run becomes a new version with alias `challenger`; `champion` goes to the 
 version, so a bad retrain never replaces a good model in service. Eligible: its test accuracy
 (tag `test_accuracy`) passes `register.min_accuracy` and it is not tagged `retired` (what a
 rollback does to the version it takes out of service). The current champion always competes too.
-Ties go to the newer version.
+Ties go to the newer version. A person's explicit choice (`make promote`, a rollback to a version
+the rule would not pick) is a pin, the registered model's tag `champion_pin`: while it names a
+version that is not retired, that version is champion and newcomers stay challengers.
+
+Whenever the alias moves forward, the new champion is tagged `previous_champion` with the one it
+replaced: the history a rollback walks back (pipelines/champion.py).
 
 Race-free without a lock: two registers at once (`dvc queue start -j 2`, two teammates) may both
 write the alias, but each one, after every write, reads the registry again and writes again until
@@ -40,6 +45,8 @@ from pipelines.tracking import connect, read_json
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 RETIRED = "retired"  # a version tag: never champion again (set by a rollback)
+PREVIOUS = "previous_champion"  # a version tag: the champion it replaced
+PIN = "champion_pin"  # a registered-model tag: the version a person chose
 LINEAGE_TAGS = ("git_commit", "data_hash")
 SETTLE_ROUNDS = 50  # writes one register may make before it gives up (two racing need two or three)
 
@@ -102,17 +109,39 @@ def eligible(client: MlflowClient, name: str, min_accuracy: float) -> list[Candi
     return out
 
 
+def pinned(client: MlflowClient, name: str) -> Candidate | None:
+    """The version a person pinned as champion, unless it is gone or retired."""
+    try:
+        version = client.get_registered_model(name).tags.get(PIN)
+        mv = client.get_model_version(name, version) if version else None
+    except MlflowException:
+        return None
+    if mv is None or RETIRED in mv.tags:
+        return None
+    return Candidate(accuracy_of(client, mv), int(mv.version))
+
+
+def remember_previous(client: MlflowClient, name: str, version: int, previous: str) -> None:
+    """Tag `version` with the champion it replaces. Two racing gates may tag the same version at
+    once, and MLflow's tag upsert then fails for one of them (a UNIQUE constraint): the other's
+    write stands, and the alias, which is what matters, is settled below either way."""
+    with contextlib.suppress(MlflowException):
+        client.set_model_version_tag(name, str(version), PREVIOUS, str(previous))
+
+
 def settle(client: MlflowClient, name: str, min_accuracy: float) -> tuple[Candidate | None, int]:
-    """Move `champion` to the best eligible version, re-reading after each write until it stays
-    there; return (the champion, how many writes it took). See the module docstring for why this
-    cannot lose a race."""
+    """Move `champion` to the pinned version or else the best eligible one, re-reading after each
+    write until it stays there; return (the champion, how many writes it took). See the module
+    docstring for why this cannot lose a race."""
     for writes in range(SETTLE_ROUNDS):
-        target = best(eligible(client, name, min_accuracy))
+        target = pinned(client, name) or best(eligible(client, name, min_accuracy))
         now = champion_of(client, name)
         if target is None:  # nothing eligible: leave the alias where it is
             return (Candidate(accuracy_of(client, now), int(now.version)) if now else None), writes
         if now is not None and int(now.version) == target.version:
             return target, writes
+        if now is not None and RETIRED not in now.tags:  # forward, not a rollback: keep history
+            remember_previous(client, name, target.version, now.version)
         client.set_registered_model_alias(name, CHAMPION, str(target.version))
     raise RuntimeError(f"register: {CHAMPION} of {name} did not settle in {SETTLE_ROUNDS} writes")
 

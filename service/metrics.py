@@ -27,16 +27,18 @@ PREDICTIONS = Counter(
     "Predictions served, by predicted digit, model version and endpoint",
     ["digit", "model_version", "endpoint"],
 )
+CONFIDENCE_BUCKETS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 CONFIDENCE = Histogram(
     "digit_prediction_confidence",
     "Probability of the predicted digit (a falling share near 1 is an early sign of drift)",
     ["model_version"],
-    buckets=(0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0),
+    buckets=CONFIDENCE_BUCKETS,
 )
 INFERENCE_SECONDS = Histogram(
     "digit_inference_seconds",
     "Time of one model call (one batch)",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+    buckets=SECONDS_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "digit_batch_size",
@@ -50,19 +52,54 @@ REJECTIONS = Counter(
 )
 MODEL_INFO = Gauge(
     "digit_model_info",
-    "The model this worker serves (value 1; the labels carry the identity)",
-    ["model_name", "model_version", "run_id", "bento_tag"],
+    "1 while a worker serves this model in this role (champion, challenger); 0 once swapped out",
+    ["model_name", "model_version", "run_id", "bento_tag", "role"],
     multiprocess_mode="max",
 )
+RELOADS = Counter(
+    "digit_model_reloads",
+    "Newly packaged models the watcher found, by role and outcome (swapped, load_failed, "
+    "check_failed: not swapped in, the old model still serves)",
+    ["role", "outcome"],
+)
+for _role in ("champion", "challenger"):  # at 0 from the start, so the first failure is an increase
+    for _outcome in ("swapped", "load_failed", "check_failed"):
+        RELOADS.labels(_role, _outcome)
+# Drift series carry the version whose inputs (live) or training data (reference) they describe,
+# so monitoring/rules.yml compares each model's inputs with its own reference across a swap.
 INK_MEAN = Histogram(
     "digit_input_ink_mean",
     "Mean pixel intensity (0-1) of the 28×28 the model saw; MNIST's training mean is about 0.13",
+    ["model_version"],
     buckets=INK_MEAN_BUCKETS,
 )
 INK_BOX = Histogram(
     "digit_input_ink_box_pixels",
     "Longer side of the ink's bounding box in the 28×28 the model saw; MNIST's is about 20",
+    ["model_version"],
     buckets=INK_BOX_BUCKETS,
+)
+SHADOW = Counter(
+    "digit_shadow_comparisons",
+    "Images the challenger also answered in the shadow, by the champion's digit and whether the "
+    "challenger agreed (yes, no)",
+    ["digit", "agree", "champion_version", "challenger_version"],
+)
+SHADOW_CONFIDENCE = Histogram(
+    "digit_shadow_confidence",
+    "The challenger's probability of its own answer, in the shadow",
+    ["challenger_version"],
+    buckets=CONFIDENCE_BUCKETS,
+)
+SHADOW_SECONDS = Histogram(
+    "digit_shadow_inference_seconds",
+    "Time of one challenger call in the shadow (off the reply path)",
+    buckets=SECONDS_BUCKETS,
+)
+SHADOW_SKIPPED = Counter(
+    "digit_shadow_skipped",
+    "Images not shadowed, by reason (backlog: the challenger was too far behind)",
+    ["reason"],
 )
 # The training reference of the two histograms above (prepare's stats.json, packaged with the
 # model): the cumulative share of training images in each bucket, `le` spelled exactly as the
@@ -70,27 +107,30 @@ INK_BOX = Histogram(
 REFERENCE_INK_MEAN = Gauge(
     "digit_reference_ink_mean_share",
     "Training reference: share of training images with ink mean <= le (cumulative)",
-    ["le"],
+    ["le", "model_version"],
     multiprocess_mode="max",
 )
 REFERENCE_INK_BOX = Gauge(
     "digit_reference_ink_box_pixels_share",
     "Training reference: share of training images with ink box size <= le (cumulative)",
-    ["le"],
+    ["le", "model_version"],
     multiprocess_mode="max",
 )
 REFERENCE_IMAGES = Gauge(
     "digit_reference_images",
     "Training images behind the drift reference (0: packaged without one)",
+    ["model_version"],
     multiprocess_mode="max",
 )
 
 
-def observe_batch(batch: Batch, model_version: str) -> None:
-    """Count one model call and what it predicted and saw (uint8 (n, 28, 28) → (n, 10)).
+def observe_batch(batch: Batch) -> None:
+    """Count one model call and what it predicted and saw (uint8 (n, 28, 28) → (n, 10)), under
+    the version of the model that answered it (batch.model).
 
     Runs on the batcher's model thread: one vectorised pass per batch, rows labelled by endpoint.
     """
+    model_version = batch.model.version
     BATCH_SIZE.observe(len(batch.images))
     INFERENCE_SECONDS.observe(batch.seconds)
     digits = batch.outputs.argmax(axis=1)
@@ -100,25 +140,48 @@ def observe_batch(batch: Batch, model_version: str) -> None:
     for p in batch.outputs[np.arange(len(digits)), digits].tolist():
         confidence.observe(p)
     means, boxes = ink_stats(batch.images)
+    ink_mean, ink_box = INK_MEAN.labels(model_version), INK_BOX.labels(model_version)
     for mean, box in zip(means.tolist(), boxes.tolist(), strict=True):
-        INK_MEAN.observe(mean)
-        INK_BOX.observe(box)
+        ink_mean.observe(mean)
+        ink_box.observe(box)
 
 
-def export_reference(reference: DriftReference) -> None:
-    """Publish prepare's drift reference (packaged in the model card) as gauges."""
+def observe_shadow(
+    champion: np.ndarray, challenger: np.ndarray, versions: tuple[str, str], seconds: float
+) -> None:
+    """Count one shadow call: the two models' probabilities (n, 10) for the same images."""
+    SHADOW_SECONDS.observe(seconds)
+    ours, theirs = champion.argmax(axis=1), challenger.argmax(axis=1)
+    agree = np.where(ours == theirs, "yes", "no")
+    for (digit, same), count in Tally(zip(ours.tolist(), agree.tolist(), strict=True)).items():
+        SHADOW.labels(str(digit), same, *versions).inc(count)
+    confidence = SHADOW_CONFIDENCE.labels(versions[1])
+    for p in challenger[np.arange(len(theirs)), theirs].tolist():
+        confidence.observe(p)
+
+
+def shadow_skipped(images: int, reason: str = "backlog") -> None:
+    SHADOW_SKIPPED.labels(reason).inc(images)
+
+
+def export_reference(reference: DriftReference, model_version: str) -> None:
+    """Publish the drift reference packaged in a model's card as gauges, under its version."""
     for gauge, histogram in (
         (REFERENCE_INK_MEAN, reference.ink_mean),
         (REFERENCE_INK_BOX, reference.ink_box_pixels),
     ):
         for le, share in cumulative_shares(histogram):
-            gauge.labels(floatToGoString(le)).set(share)
-    REFERENCE_IMAGES.set(reference.n_images)
+            gauge.labels(floatToGoString(le), model_version).set(share)
+    REFERENCE_IMAGES.labels(model_version).set(reference.n_images)
 
 
-def serving(name: str, version: str, run_id: str, bento_tag: str) -> None:
-    """Say which model this worker serves (digit_model_info = 1)."""
-    MODEL_INFO.labels(name, version, run_id, bento_tag).set(1)
+def serving(info, role: str, on: bool = True) -> None:
+    """Say which model this worker serves in `role` (digit_model_info 1), or no longer (0)."""
+    MODEL_INFO.labels(info.name, info.version, info.run_id, info.bento_tag, role).set(int(on))
+
+
+def reload(role: str, outcome: str) -> None:
+    RELOADS.labels(role, outcome).inc()
 
 
 def reject(reason: str, endpoint: str) -> None:

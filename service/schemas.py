@@ -46,6 +46,18 @@ class BatchPrediction(BaseModel):
     model_version: str
 
 
+class Rollout(BaseModel):
+    follows_store: bool = Field(
+        description="Whether this worker swaps in a newly packaged champion (DIGIT_MODEL_TAG "
+        "ending in :latest, DIGIT_RELOAD_INTERVAL_S > 0)"
+    )
+    reload_interval_s: float
+    challenger_version: str | None = Field(description="The challenger this worker serves")
+    challenger_bento_tag: str | None
+    canary_share: float = Field(description="Share of requests the challenger answers")
+    shadow_share: float = Field(description="Share of images the challenger also answers, unseen")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str = Field(description="MLflow registry version")
@@ -58,6 +70,7 @@ class ModelInfo(BaseModel):
     git_commit: str
     data_hash: str
     params: dict[str, str] = Field(description="The training params (params.yaml's train.*)")
+    rollout: Rollout | None = None
 
     @classmethod
     def of(cls, card: ModelCard, bento_tag: str) -> ModelInfo:

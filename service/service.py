@@ -1,10 +1,13 @@
 """The digit classifier service: the registry's champion behind HTTP.
 
 Loads the packaged model and its card once per worker and never talks to MLflow at request time;
-every reply says which registry version answered it. Requests become model input in
-`service/inputs/`, all model calls go through one `MicroBatcher`, and every refusal is a
-`Rejected` from `service/refusals.py` (a 4xx with a message saying what to fix, counted by reason)
-answered here or by the ASGI layers in `service/http/`. Knobs: `service/settings.py`.
+every reply says which registry version answered it. A background watcher follows the champion
+the store names and swaps a newly packaged one in between two batches (service/watcher.py); a
+challenger packaged beside it can answer a share of requests (canary) or run in the shadow.
+Requests become model input in `service/inputs/`, all model calls go through one `MicroBatcher`,
+and every refusal is a `Rejected` from `service/refusals.py` (a 4xx with a message saying what to
+fix, counted by reason) answered here or by the ASGI layers in `service/http/`. Knobs:
+`service/settings.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import logging
 import os
+import random
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,12 +31,10 @@ import numpy as np
 from pydantic import Field
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
-from common.card import ModelCard
-from common.image import SHAPE
-from service import metrics
-from service.batcher import MicroBatcher, Overloaded
+from service import metrics, models
+from service.batcher import CHALLENGER, CHAMPION, MicroBatcher, Overloaded
 from service.explain import explain as explain_image
-from service.forward import set_threads, traced
+from service.forward import set_threads
 from service.http import fastlane
 from service.http.bodies import endpoint_bodies
 from service.http.exposure import Exposure
@@ -41,6 +45,7 @@ from service.http.server import install_limits
 from service.inputs.arrays import batch, from_npy, one_image
 from service.inputs.data_urls import from_data_url
 from service.inputs.pictures import from_image_bytes
+from service.models import Loaded, LoadFailed
 from service.page import INDEX, page_app, swagger_page
 from service.refusals import Rejected, usage_hints
 from service.sandbox import Sandbox, Slots
@@ -52,6 +57,7 @@ from service.schemas import (
     Grid,
     ModelInfo,
     Prediction,
+    Rollout,
     Scale,
     SeenPrediction,
     batch_prediction,
@@ -59,8 +65,14 @@ from service.schemas import (
     seen_prediction,
 )
 from service.settings import RETRY_AFTER_S, Settings
+from service.shadow import Shadow
+from service.watcher import Tags, Watcher
 
+log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
+# `<name>:latest` (what `make serve` passes) follows the store; a tag naming a version pins it.
+FOLLOWS = SETTINGS.model_tag.partition(":")[2] in ("", "latest")
+WANTS_CHALLENGER = SETTINGS.canary_share > 0 or SETTINGS.shadow_share > 0
 HINTS = usage_hints(SETTINGS.max_batch)
 LIMITS = SETTINGS.limits
 install_limits(SETTINGS)  # uvicorn's protocol, with head and connection limits
@@ -171,14 +183,15 @@ class DigitClassifier:
             # a bounded number at once in threads of its own.
             async with self.explain_slots():
                 loop = asyncio.get_running_loop()
+                served = self.champion
                 answer = await loop.run_in_executor(
-                    self._explainer, explain_image, self.model, x[0]
+                    self._explainer, explain_image, served.model, x[0]
                 )
         except Rejected as exc:
             return self._refuse("explain", exc, ctx)
         except Overloaded as exc:
             return self._refuse("explain", Rejected("overloaded", str(exc)), ctx)
-        ctx.response.headers["X-Model-Version"] = self.version
+        ctx.response.headers["X-Model-Version"] = served.version
         return answer
 
     @page_app.get("/", include_in_schema=False)
@@ -193,31 +206,40 @@ class DigitClassifier:
 
     @page_app.get("/model", response_model=ModelInfo)
     def model_info(self) -> ModelInfo:
-        """What this worker serves: registry version, run, accuracy, lineage and training params."""
-        return self.info
+        """What this worker serves: registry version, run, accuracy, lineage and training params,
+        and the rollout (challenger, canary and shadow shares)."""
+        challenger = self.challenger
+        rollout = Rollout(
+            follows_store=FOLLOWS and SETTINGS.reload_interval_s > 0,
+            reload_interval_s=SETTINGS.reload_interval_s,
+            challenger_version=challenger.version if challenger else None,
+            challenger_bento_tag=challenger.tag if challenger else None,
+            canary_share=SETTINGS.canary_share,
+            shadow_share=SETTINGS.shadow_share,
+        )
+        return self.champion.info.model_copy(update={"rollout": rollout})
 
     # --- one worker's model ----------------------------------------------------------------------
 
     def __init__(self) -> None:
         set_threads(SETTINGS.threads, SETTINGS.parallel)
-        import keras
-
-        stored = self.model_ref
-        self.model = keras.saving.load_model(stored.path_of("model.keras"), compile=False)
-        card = ModelCard.from_metadata(stored.info.metadata)
-        self.version, self.info = card.mlflow_version, ModelInfo.of(card, str(stored.tag))
-        metrics.serving(self.info.name, self.version, self.info.run_id, self.info.bento_tag)
-        if card.drift_reference is not None:  # prepare's, when it matched the champion's data
-            metrics.export_reference(card.drift_reference)
-        infer = traced(self.model, SETTINGS.model_batch, SETTINGS.parallel)
-        infer(np.zeros((1, *SHAPE), np.uint8))  # build the graph before the first request
+        self.draining = False
+        self.watcher: Watcher | None = None
+        # A champion that fails to load or to answer its probe stops the worker, saying why.
+        self.champion: Loaded = self._load(str(self.model_ref.tag))
+        self.challenger: Loaded | None = None
+        share, backlog = SETTINGS.shadow_share, SETTINGS.shadow_backlog
+        self.shadow = Shadow(share, backlog, lambda: self.challenger)
         self.batcher = MicroBatcher(
-            infer,
+            self.champion,
             max_batch=SETTINGS.model_batch,
             max_queue=SETTINGS.max_queue,
-            on_batch=functools.partial(metrics.observe_batch, model_version=self.version),
+            on_batch=metrics.observe_batch,
+            after_batch=self.shadow,
         )
-        self._version_header = [(b"x-model-version", self.version.encode())]
+        self._announce(CHAMPION, self.champion)
+        if WANTS_CHALLENGER:  # before the first request; later ones come through the watcher
+            self._first_challenger()
         memory = SETTINGS.decode_memory_mb * 2**20
         args = (SETTINGS.decoders, SETTINGS.decode_timeout_s, memory, SETTINGS.max_waiting)
         self.sandbox = Sandbox(*args)
@@ -235,6 +257,101 @@ class DigitClassifier:
         gc.collect()
         gc.freeze()
 
+    @staticmethod
+    def _load(tag: str) -> Loaded:
+        return models.load(tag, SETTINGS.model_batch, SETTINGS.parallel)
+
+    def _announce(self, role: str, served: Loaded) -> None:
+        metrics.serving(served.info, role)
+        if served.card.drift_reference is not None:  # prepare's, when it matched the data
+            metrics.export_reference(served.card.drift_reference, served.version)
+
+    def _first_challenger(self) -> None:
+        tag = self._wanted()[CHALLENGER]
+        if tag is None:
+            return
+        try:
+            self.challenger = self._load(tag)
+        except LoadFailed as exc:
+            log.error("challenger %s not served: %s", tag, exc)
+            metrics.reload(CHALLENGER, f"{exc.stage}_failed")
+            return
+        self.batcher.install(CHALLENGER, self.challenger)
+        self._announce(CHALLENGER, self.challenger)
+
+    def _wanted(self) -> Tags:
+        """What the store names now: the champion, and a challenger other than it."""
+        champion = models.resolve(SETTINGS.model_tag) if FOLLOWS else self.champion.tag
+        challenger = models.challenger_of(champion) if WANTS_CHALLENGER else None
+        return {CHAMPION: champion, CHALLENGER: None if challenger == champion else challenger}
+
+    def _serving(self) -> Tags:
+        return {
+            CHAMPION: self.champion.tag,
+            CHALLENGER: self.challenger.tag if self.challenger else None,
+        }
+
+    async def _install(self, role: str, new: Loaded | None) -> None:
+        """Put `new` in service for `role` (on the event loop, so between two batches)."""
+        old = self.batcher.install(role, new)
+        if role == CHAMPION:
+            self.champion = new
+        else:
+            self.challenger = new
+        if old is not None:
+            metrics.serving(old.info, role, on=False)
+        if new is not None:
+            self._announce(role, new)
+
+    @bentoml.on_startup
+    async def _follow(self) -> None:
+        """Start the watcher, and make SIGTERM turn /readyz to 503 first (draining)."""
+        loop = asyncio.get_running_loop()
+        self._drain_on_signal(loop)
+        if SETTINGS.reload_interval_s > 0 and (FOLLOWS or WANTS_CHALLENGER):
+            self.watcher = Watcher(
+                wanted=self._wanted,
+                serving=self._serving,
+                load=self._load,
+                install=self._install,
+                loop=loop,
+                interval_s=SETTINGS.reload_interval_s,
+            )
+            self.watcher.start()
+
+    @bentoml.on_shutdown
+    def _stop_following(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.shadow.close()
+
+    def _drain_on_signal(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wrap uvicorn's SIGTERM/SIGINT handler: say "not ready" at once, then (after
+        DIGIT_DRAIN_S) let uvicorn stop accepting and finish what is in flight."""
+
+        def draining(signum: int, frame, previous=None) -> None:
+            self.draining = True
+            if SETTINGS.drain_s > 0:
+                later = (SETTINGS.drain_s, previous, signum, frame)
+                loop.call_soon_threadsafe(loop.call_later, *later)
+            else:
+                previous(signum, frame)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if callable(previous):
+                signal.signal(sig, functools.partial(draining, previous=previous))
+
+    def __is_ready__(self) -> bool:
+        """/readyz: the champion is loaded, warmed up and checked (done in __init__, before any
+        request), and this worker is not shutting down."""
+        return not self.draining
+
+    def __is_alive__(self) -> bool:
+        """/livez: false only when one model call has run past DIGIT_STUCK_AFTER_S; a busy
+        worker answers this from its event loop while the model thread works."""
+        return self.batcher.busy_for() < SETTINGS.stuck_after_s
+
     async def _answer(
         self, endpoint: str, ctx: bentoml.Context, reply: Callable, read: Callable, *args: Any
     ) -> Any:
@@ -248,13 +365,20 @@ class DigitClassifier:
                 x = (await self.sandbox(read, *args))[None]
             else:
                 x = checked if checked is not None else read(*args)
-            probs = await self.batcher(x, endpoint)
+            answer = await self.batcher(x, endpoint, self._route())
         except Rejected as exc:
             return self._refuse(endpoint, exc, ctx)
         except Overloaded as exc:
             return self._refuse(endpoint, Rejected("overloaded", str(exc)), ctx)
-        ctx.response.headers["X-Model-Version"] = self.version
-        return reply(probs, self.version, x)
+        ctx.response.headers["X-Model-Version"] = answer.model.version
+        return reply(answer.outputs, answer.model.version, x)
+
+    def _route(self) -> str:
+        """The canary's share of requests goes to the challenger, when one is served."""
+        share = SETTINGS.canary_share
+        if share > 0 and self.challenger is not None and random.random() < share:
+            return CHALLENGER
+        return CHAMPION
 
     def _refuse(self, endpoint: str, exc: Rejected, ctx: bentoml.Context) -> JSONResponse:
         """The refusal as a JSON body; status and headers go through ctx (BentoML applies them)."""
@@ -262,7 +386,7 @@ class DigitClassifier:
         message = f"{exc.message.rstrip('.')}. {HINTS[f'/{endpoint}']}"
         ctx.response.status_code = exc.status
         ctx.response.headers["X-Reject-Reason"] = exc.reason
-        ctx.response.headers["X-Model-Version"] = self.version
+        ctx.response.headers["X-Model-Version"] = self.champion.version
         if exc.status == 503:
             ctx.response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return JSONResponse({"error": message, "reason": exc.reason})
@@ -273,10 +397,11 @@ class DigitClassifier:
         """`endpoint` for the fast lane, given the images the Guard read and checked: the same
         batcher, metrics and reply bytes; None (the API answers instead) for a 503."""
         try:
-            probs = await self.batcher(x, endpoint)
+            answer = await self.batcher(x, endpoint, self._route())
         except Overloaded:
             return None
-        return reply(probs, self.version).model_dump_json().encode(), self._version_header
+        served = answer.model
+        return reply(answer.outputs, served.version).model_dump_json().encode(), served.header
 
 
 # Outermost first: the body limit and 4xx rewriting apply to both lanes.

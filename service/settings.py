@@ -28,6 +28,7 @@ from service.inputs.limits import Limits
 CORES = os.cpu_count() or 2
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
 Positive = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(ge=0, le=1)]
 Count = Annotated[int, Field(ge=0)]
 MIN_KEY_CHARS = 16  # e.g. `openssl rand -hex 32` gives 64
 SECRETS = {"api_key"}  # never echoed, not even in a settings error
@@ -73,6 +74,23 @@ class Settings(BaseModel):
     trace_predictions: bool = False
     # Well-formed JSON /predict requests skip BentoML's generic request path (http/fastlane.py).
     fast_lane: bool = True
+    # rollout (service/watcher.py, service/shadow.py; docs/rollout.md)
+    # How often each worker looks for a newly packaged champion or challenger (0: never; a
+    # DIGIT_MODEL_TAG naming one version pins the champion anyway).
+    reload_interval_s: Annotated[float, Field(ge=0)] = 2.0
+    # Share of requests the challenger answers instead of the champion (the canary), and share
+    # of the champion's images it also answers off the reply path (the shadow); both need a
+    # challenger packaged beside the champion (`make package`).
+    canary_share: Share = 0.0
+    shadow_share: Share = 0.0
+    # Images waiting for the shadow challenger before more are skipped (counted) instead.
+    shadow_backlog: Positive = 1024
+    # After SIGTERM, /readyz answers 503 at once and the worker keeps serving this long before it
+    # stops accepting, so a load balancer's next health check takes it out first.
+    drain_s: Annotated[float, Field(ge=0, le=25)] = 0.0
+    # /livez answers 503 once one model call has run this long: stuck, not busy (a batch of 256
+    # takes ~50 ms here).
+    stuck_after_s: Annotated[float, Field(gt=0)] = 30.0
     # the connection (service/http/server.py)
     # Request line and headers of one request, in bytes: past it 414 or 431 and the connection
     # closed. 16 KiB is Node's and h11's limit; unbounded, a 64 MiB header took 10 s of CPU.

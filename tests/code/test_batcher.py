@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher, Overloaded
+from service.batcher import CHALLENGER, MicroBatcher, Overloaded
 
 
 class SlowModel:
@@ -42,7 +42,8 @@ def test_waiting_requests_share_one_model_call_and_get_their_own_answers():
         await asyncio.sleep(0.01)  # the model is now busy with the first request
         rest = await asyncio.gather(*(b(images(k, k + 100), f"e{k}") for k in range(2, 12)))
         b.close()
-        return await first, rest
+        assert all(answer.model is model for answer in rest)
+        return (await first).outputs, [answer.outputs for answer in rest]
 
     first, rest = asyncio.run(main())
     assert first.tolist() == [[1.0]]
@@ -68,7 +69,7 @@ def test_batches_respect_max_batch_and_an_oversized_request_goes_alone():
         outs = await asyncio.gather(b(images(1, 2, 3)), b(images(4, 5)), b(images(*range(6, 16))))
         await busy
         b.close()
-        return outs
+        return [o.outputs for o in outs]
 
     outs = asyncio.run(main())
     assert [o[:, 0].tolist() for o in outs] == [[1, 2, 3], [4, 5], list(range(6, 16))]
@@ -87,9 +88,9 @@ def test_a_full_queue_refuses_instead_of_growing():
         with pytest.raises(Overloaded, match="3 images are already waiting"):
             await b(images(4))
         model.release.set()
-        out = await waiting, await busy
+        out = (await waiting).outputs, (await busy).outputs
         assert b.queued == 0
-        assert (await b(images(5))).tolist() == [[5.0]]  # room again once the queue drained
+        assert (await b(images(5))).outputs.tolist() == [[5.0]]  # room again once drained
         b.close()
         return out
 
@@ -104,7 +105,7 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs():
         b = MicroBatcher(model, max_batch=8, max_queue=100)
         with pytest.raises(RuntimeError, match="model failed"):
             await b(images(7))
-        out = await b(images(8))
+        out = (await b(images(8))).outputs
         b.close()
         return out
 
@@ -117,9 +118,84 @@ def test_a_failing_on_batch_does_not_fail_the_answers(caplog):
 
     async def main():
         b = MicroBatcher(SlowModel(delay=0), max_batch=8, max_queue=10, on_batch=broken)
-        out = await b(images(5, 6))
+        out = (await b(images(5, 6))).outputs
         b.close()
         return out
 
     assert asyncio.run(main()).tolist() == [[5], [6]]
     assert "on_batch failed" in caplog.text
+
+
+class Offset(SlowModel):
+    """A second 'model': first pixel plus `offset`, so each answer shows who computed it."""
+
+    def __init__(self, offset: float, delay: float = 0.05) -> None:
+        super().__init__(delay)
+        self.offset = offset
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return super().__call__(batch) + self.offset
+
+
+def test_a_swap_takes_effect_between_batches_and_each_answer_names_its_model():
+    old, new = Offset(0), Offset(1000)
+
+    async def main():
+        b = MicroBatcher(old, max_batch=64, max_queue=100)
+        running = asyncio.create_task(b(images(1)))
+        await asyncio.sleep(0.01)  # the old model is computing this batch
+        waiting = [asyncio.create_task(b(images(k))) for k in (2, 3)]
+        await asyncio.sleep(0)
+        assert b.install("champion", new) is old
+        answers = [await running, *[await w for w in waiting]]
+        b.close()
+        return answers
+
+    first, *later = asyncio.run(main())
+    # the batch already running finishes on the old model; the ones waiting run on the new
+    assert first.model is old and first.outputs.tolist() == [[1.0]]
+    assert all(a.model is new for a in later)
+    assert [a.outputs.tolist() for a in later] == [[[1002.0]], [[1003.0]]]
+    assert old.calls == [1] and new.calls == [2]  # no batch mixed the two
+
+
+def test_canary_jobs_run_on_the_challenger_in_batches_of_their_own():
+    champion, challenger = Offset(0, delay=0.02), Offset(1000, delay=0.02)
+
+    async def main():
+        b = MicroBatcher(champion, max_batch=64, max_queue=100)
+        b.install(CHALLENGER, challenger)
+        busy = asyncio.create_task(b(images(0)))
+        await asyncio.sleep(0.005)
+        routes = ["champion", CHALLENGER, "champion", CHALLENGER, "champion"]
+        answers = await asyncio.gather(*(b(images(k), "", r) for k, r in enumerate(routes, 1)))
+        await busy
+        b.install(CHALLENGER, None)  # no challenger: its route falls back to the champion
+        fallback = await b(images(9), "", CHALLENGER)
+        b.close()
+        return answers, fallback
+
+    answers, fallback = asyncio.run(main())
+    assert [a.model for a in answers] == [champion, challenger, champion, challenger, champion]
+    assert [a.outputs[0, 0] for a in answers] == [1, 1002, 3, 1004, 5]
+    assert champion.calls == [1, 3, 1] and challenger.calls == [2]  # one batch per route
+    assert fallback.model is champion
+
+
+def test_busy_for_tells_a_long_model_call_from_an_idle_one():
+    model = SlowModel(delay=5)
+
+    async def main():
+        b = MicroBatcher(model, max_batch=8, max_queue=10)
+        assert b.busy_for() == 0.0
+        task = asyncio.create_task(b(images(1)))
+        await asyncio.sleep(0.2)
+        during = b.busy_for()
+        model.release.set()
+        await task
+        after = b.busy_for()
+        b.close()
+        return during, after
+
+    during, after = asyncio.run(main())
+    assert during >= 0.15 and after == 0.0

@@ -164,3 +164,53 @@ def test_two_registers_at_once_always_leave_the_better_champion(tmp_path):
     assert not lost, lost
     # The harness really races: in some rounds both wrote the alias (the old gate's failure).
     assert any(min(o.writes) > 0 for o in outcomes), outcomes
+
+
+def test_rollback_goes_back_to_the_previous_champion_and_walks_the_history(logged, capsys):
+    """The history the gate writes, not the accuracy order: after a hand-picked v3 replaced the
+    better v2, a rollback returns to v3's predecessor, and a second one walks further back."""
+    register.main()  # v1
+    v2 = _version(logged, 0.997)
+    register.settle(logged, "mnist-cnn", 0.99)  # v2 champion, previous v1
+    v3 = _version(logged, 0.993)
+    champion_cli.main(["promote", v3, "--reason", "better on our scans"])
+    assert champion_now(logged) == v3
+    assert logged.get_model_version("mnist-cnn", v3).tags["previous_champion"] == v2
+    champion_cli.main(["rollback", "--reason", "worse on 7s"])
+    assert champion_now(logged) == v2  # back to the one it replaced, by the gate's own rule
+    assert "champion_pin" not in logged.get_registered_model("mnist-cnn").tags
+    champion_cli.main(["rollback", "--reason", "v2 too"])
+    assert champion_now(logged) == "1"
+    capsys.readouterr()
+    champion_cli.main([])
+    assert "champion v1" in capsys.readouterr().out
+
+
+def test_a_rollback_pins_a_previous_champion_the_gate_would_not_pick(logged):
+    register.main()  # v1 at 0.995
+    v2 = _version(logged, 0.993)
+    champion_cli.main(["promote", v2])  # pinned although worse
+    v3 = _version(logged, 0.998)
+    register.settle(logged, "mnist-cnn", 0.99)
+    assert champion_now(logged) == v2  # a pin holds against a better newcomer
+    champion_cli.main(["promote", v3])
+    champion_cli.main(["rollback"])
+    # back to v2, which the gate alone would not choose over v1: pinned again
+    assert champion_now(logged) == v2
+    assert logged.get_registered_model("mnist-cnn").tags["champion_pin"] == v2
+    champion_cli.main(["unpin"])
+    assert champion_now(logged) == "1"  # the gate's choice: v3 retired, v1 beats v2
+
+
+def test_promote_respects_the_gate_unless_forced(logged):
+    register.main()
+    low = _version(logged, 0.5)
+    with pytest.raises(SystemExit, match=r"does not pass the gate.*FORCE=1"):
+        champion_cli.main(["promote", low])
+    assert champion_now(logged) == "1"
+    with pytest.raises(SystemExit, match="no version 99"):
+        champion_cli.main(["promote", "99"])
+    champion_cli.main(["promote", low, "--force", "--reason", "a demo"])
+    assert champion_now(logged) == low
+    note = logged.get_registered_model("mnist-cnn").tags["champion_pin_note"]
+    assert "forced" in note and "a demo" in note

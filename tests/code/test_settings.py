@@ -46,6 +46,12 @@ def test_every_field_is_read_from_its_variable():
         "max_header_bytes": ("8192", 8192),
         "header_timeout_s": ("2.5", 2.5),
         "max_connections": ("4", 4),
+        "reload_interval_s": ("0", 0.0),
+        "canary_share": ("0.1", 0.1),
+        "shadow_share": ("1", 1.0),
+        "shadow_backlog": ("64", 64),
+        "drain_s": ("5", 5.0),
+        "stuck_after_s": ("10", 10.0),
         "host": ("0.0.0.0", "0.0.0.0"),
         "allowed_hosts": ("digits.example,10.0.0.5", ("digits.example", "10.0.0.5")),
         "api_key": ("k" * 16, SecretStr("k" * 16)),
@@ -71,6 +77,10 @@ def test_empty_means_default():
         ({"DIGIT_FAST_LANE": "maybe"}, "DIGIT_FAST_LANE='maybe'"),
         ({"DIGIT_MAX_HEADER_BYTES": "100"}, "DIGIT_MAX_HEADER_BYTES='100'"),
         ({"DIGIT_HEADER_TIMEOUT_S": "0"}, "DIGIT_HEADER_TIMEOUT_S='0'"),
+        ({"DIGIT_CANARY_SHARE": "50%"}, "DIGIT_CANARY_SHARE='50%'"),
+        ({"DIGIT_SHADOW_SHARE": "1.5"}, "DIGIT_SHADOW_SHARE='1.5'"),
+        ({"DIGIT_RELOAD_INTERVAL_S": "-1"}, "DIGIT_RELOAD_INTERVAL_S='-1'"),
+        ({"DIGIT_DRAIN_S": "60"}, "DIGIT_DRAIN_S='60'"),
     ],
 )
 def test_a_bad_value_stops_with_the_variables_name(env, says):

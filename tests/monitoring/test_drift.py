@@ -64,6 +64,17 @@ def test_service_histograms_use_the_reference_edges():
     assert metrics.INK_BOX._upper_bounds[:-1] == list(drift.INK_BOX_BUCKETS)
 
 
+def test_live_and_reference_series_carry_the_model_version():
+    """monitoring/rules.yml joins each version's inputs with that version's reference on
+    model_version, so a hot swap never compares one model's inputs with another's reference."""
+    from service import metrics
+
+    assert metrics.INK_MEAN._labelnames == metrics.INK_BOX._labelnames == ("model_version",)
+    for gauge in (metrics.REFERENCE_INK_MEAN, metrics.REFERENCE_INK_BOX):
+        assert gauge._labelnames == ("le", "model_version")
+    assert metrics.REFERENCE_IMAGES._labelnames == ("model_version",)
+
+
 def test_prepare_writes_the_reference_of_the_training_split(fixture_digits):
     x, y = fixture_digits
     ref = stats(x, y)[drift.REFERENCE_KEY]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ CONFIG = MONITORING / "prometheus.yml"
 ALERTS = MONITORING / "alerts.yml"
 RULE_FILES = [MONITORING / "rules.yml", ALERTS]
 UNIT_TESTS = MONITORING / "tests" / "alerts_test.yml"
+DASHBOARD = MONITORING / "grafana" / "digit-service.json"
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -105,6 +107,8 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_stays_silent():
         "DigitLowConfidenceShare",
         "DigitInputDrift",
         "DigitNoPredictions",
+        "DigitShadowDisagreement",
+        "DigitModelReloadFailed",
     }
     unit_tests = yaml.safe_load(UNIT_TESTS.read_text())
     fired, pending, threshold = set(), set(), set()
@@ -152,7 +156,52 @@ def test_dashboard_and_rules_use_only_metrics_the_service_exports(name):
     """Every digit_* name in the monitoring files exists in service/metrics.py (renames break)."""
     exported = set(re.findall(r'"(digit_\w+)"', (REPO / "service" / "metrics.py").read_text()))
     text = (MONITORING / name).read_text()
-    text += (MONITORING / "grafana" / "digit-service.json").read_text()
+    text += DASHBOARD.read_text()
     for used in set(re.findall(r"(?<![:\w])digit_\w+", text)):
         base = re.sub(r"_(bucket|count|sum|total)$", "", used)
         assert base in exported, f"{name} uses {used}, which service/metrics.py does not export"
+
+
+def dashboard_targets() -> list[tuple[dict, dict]]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [(panel, target) for panel in panels for target in panel.get("targets", [])]
+
+
+def test_every_dashboard_query_parses_and_reads_only_recorded_series(tmp_path):
+    """Offline (test_prometheus.py sends them to a real Prometheus): promtool parses each panel's
+    PromQL as a recording rule, and every level:metric:operation name a panel reads is recorded
+    in rules.yml (a renamed or dropped rule would leave the panel empty)."""
+    targets = dashboard_targets()
+    rules = [
+        {"record": f"dashboard:panel_{panel['id']}:{target['refId']}", "expr": target["expr"]}
+        for panel, target in targets
+    ]
+    as_rules = tmp_path / "dashboard.yml"
+    as_rules.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = promtool("check", "rules", str(as_rules))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recorded = {
+        rule["record"] for group in rule_groups(MONITORING / "rules.yml") for rule in group["rules"]
+    }
+    for panel, target in targets:
+        read = set(re.findall(r"\b[a-z_]+:\w+:\w+", target["expr"]))
+        assert read <= recorded, f"panel {panel['title']!r} reads unrecorded {read - recorded}"
+
+
+def test_the_shadow_agreement_panels_draw_the_alert_threshold():
+    (rule,) = [
+        rule
+        for group in rule_groups(ALERTS)
+        for rule in group["rules"]
+        if rule.get("alert") == "DigitShadowDisagreement"
+    ]
+    threshold = float(re.search(r"ratio_rate15m < ([\d.]+)", rule["expr"])[1])
+    panels = [
+        panel
+        for panel, target in dashboard_targets()
+        if "digit_shadow_agreement:ratio_rate15m" in target["expr"]
+    ]
+    assert len(panels) == 2  # overall and per digit
+    for panel in panels:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [step["value"] for step in steps] == [None, threshold], panel["title"]

@@ -1,0 +1,1 @@
+"""A rolling replacement of replicas behind HAProxy (deploy/replicas.py)."""
