@@ -15,7 +15,6 @@ run are the comparison.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 import urllib.request
@@ -88,10 +87,11 @@ def swapped(base: str) -> float:
     )
 
 
-def workers(log: Path) -> int:
-    """How many workers the server started (its log names each)."""
-    found = set(re.findall(r"entry_service:digit_classifier:(\d+)\]", log.read_text()))
-    return max(1, len(found))
+def workers(env: dict[str, str]) -> int:
+    """How many workers the server runs: its DIGIT_WORKERS, as the service reads it."""
+    from service.settings import Settings
+
+    return Settings.from_env(env).workers
 
 
 def bench_swap(champ: Champion, home: Path, tmp: Path, env: dict, argv: list, run: Run) -> str:
@@ -107,7 +107,7 @@ def bench_swap(champ: Champion, home: Path, tmp: Path, env: dict, argv: list, ru
     body = payloads.predict_json(image)
     print(f"==> hot swap under {SWAP_CONNECTIONS} connections", flush=True)
     with servers.running("bentoml serve", argv, f"{base}/readyz", cwd=tmp, log=log, env=env):
-        expected = workers(log)
+        expected = workers(env)
         with Load(base, body, connections=SWAP_CONNECTIONS) as load:
             time.sleep(BEFORE_S)
             new = next_version(home, champ)

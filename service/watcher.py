@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 from service import metrics
@@ -74,7 +75,7 @@ class Watcher:
         return outcomes
 
     def _swap(self, role: str, tag: str | None, old: str | None) -> str:
-        new = None
+        new, started = None, time.perf_counter()
         if tag is not None:
             try:
                 new = self.load(tag)
@@ -83,14 +84,23 @@ class Watcher:
                 log.error("model watcher: %s not swapped in, still serving %s: %s", tag, old, exc)
                 metrics.reload(role, f"{exc.stage}_failed")
                 return f"{exc.stage}_failed"
+        loaded = time.perf_counter()
         asyncio.run_coroutine_threadsafe(self.install(role, new), self.loop).result()
         self.refused.pop(role, None)
         metrics.reload(role, "swapped")
-        log.warning("model watcher: %s now serves %s (was %s)", role, tag, old)
         # Release the old model: the service froze its start-up objects out of the collector
         # (gc.freeze), so the old graph's cycles are only found after an unfreeze.
         del new
         gc.unfreeze()
         gc.collect()
         gc.freeze()
+        log.warning(
+            "model watcher: %s now serves %s (was %s; loaded and checked in %.2f s, old one "
+            "released in %.2f s)",
+            role,
+            tag,
+            old,
+            loaded - started,
+            time.perf_counter() - loaded,
+        )
         return "swapped"

@@ -181,38 +181,45 @@ def test_the_shadow_never_changes_a_reply_and_counts_every_shadowed_image(
     assert metric(live, comparisons) == 0  # shadow off: nothing runs
 
 
-def test_the_canary_answers_its_share_and_says_so(stores, challenger, digits):
-    with other_server(stores, "canary", DIGIT_CANARY_SHARE="0.5") as canary:
-        champion = served_version(canary)
-        versions = Counter()
-        for image in np.concatenate([digits, digits]):
-            r = predict(canary, body(image))
-            version = r.json()["model_version"]
-            assert r.status_code == 200 and r.headers["X-Model-Version"] == version
-            versions[version] += 1
-        assert set(versions) == {champion, challenger}  # 60 tosses of a fair coin
-        for version, count in versions.items():
-            assert metric(canary, "digit_predictions_total", model_version=version) == count
-        assert metric(canary, "digit_model_info", role="challenger", model_version=challenger) == 1
-
-
-def test_a_stopping_server_turns_not_ready_and_still_answers_while_it_drains(stores, digits):
+@pytest.fixture(scope="module")
+def canary(stores, challenger) -> Iterator[tuple[str, object]]:
+    """A server answering half of the requests with the challenger, draining 3 s on SIGTERM."""
     env = {
-        **second_server_env(stores["env"], stores["root"] / "home-drain"),
+        **second_server_env(stores["env"], stores["root"] / "home-canary"),
+        "DIGIT_CANARY_SHARE": "0.5",
         "DIGIT_DRAIN_S": "3",
-        "DIGIT_WORKERS": "1",
     }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = serve_cmd("service.service:DigitClassifier", port)
-    log = stores["root"] / "drain.log"
+    log = stores["root"] / "canary.log"
     with running("bentoml", cmd, f"{url}/readyz", cwd=stores["dir"], log=log, env=env) as proc:
-        session = requests.Session()  # one kept-alive connection, opened before the signal
-        assert session.get(f"{url}/readyz", timeout=10).status_code == 200
-        assert session.get(f"{url}/livez", timeout=10).status_code == 200
-        os.killpg(proc.pid, signal.SIGTERM)
-        time.sleep(0.5)
-        assert session.get(f"{url}/readyz", timeout=10).status_code == 503
-        r = session.post(f"{url}/predict", data=body(digits[0]), headers=JSON, timeout=10)
-        assert r.status_code == 200  # in the drain: out of rotation, still answering
-        proc.wait(timeout=30)
+        yield url, proc
+
+
+def test_the_canary_answers_its_share_and_says_so(canary, challenger, digits):
+    url, _ = canary
+    champion = served_version(url)
+    versions = Counter()
+    for image in np.concatenate([digits, digits]):
+        r = predict(url, body(image))
+        version = r.json()["model_version"]
+        assert r.status_code == 200 and r.headers["X-Model-Version"] == version
+        versions[version] += 1
+    assert set(versions) == {champion, challenger}  # 60 tosses of a fair coin
+    for version, count in versions.items():
+        assert metric(url, "digit_predictions_total", model_version=version) == count
+    assert metric(url, "digit_model_info", role="challenger", model_version=challenger) == 1
+
+
+def test_a_stopping_server_turns_not_ready_and_still_answers_while_it_drains(canary, digits):
+    url, proc = canary
+    session = requests.Session()  # kept-alive connections, opened before the signal
+    assert session.get(f"{url}/readyz", timeout=10).status_code == 200
+    assert session.get(f"{url}/livez", timeout=10).status_code == 200
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert session.get(f"{url}/readyz", timeout=10).status_code == 503
+    r = session.post(f"{url}/predict", data=body(digits[0]), headers=JSON, timeout=10)
+    assert r.status_code == 200  # in the drain: out of rotation, still answering
+    proc.wait(timeout=30)
