@@ -3,8 +3,8 @@ new champion: not one request may go unanswered or come back non-2xx.
 
 The replicas serve a copy of the `served` fixture's BentoML home (its own store is never touched)
 with one worker each, both pinned to the fixture's model (version "1"). A new champion, the same
-Keras model under a new tag whose card says version "2" (tests/replicas/champion.py), goes into
-the copy; then, while 8 keep-alive clients post a digit as fast as the replies come, replica 1 and
+Keras model under a new tag whose card says version "2" (bench/rollout.copy_model), goes into
+the copy; then, while 8 keep-alive clients post a digit 30 ms after each reply, replica 1 and
 then replica 2 are replaced by ones pinned to it, with deploy/replicas.py's own procedure. Every
 reply must be a 200 from "1" or "2", only "2" once the second replacement has drained, and some
 must have been answered during each replacement. The figures go to
