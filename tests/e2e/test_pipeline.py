@@ -227,13 +227,15 @@ def test_bad_data_fails_prepare_and_keeps_outputs_and_registry(ws):
 def test_package_is_idempotent(ws):
     env, d = ws["env"], ws["dir"]
     first = run([str(BIN / "python"), "-m", "pipelines.package"], d, env)
+    tags = {v: f"{MODEL}:v{v}-{client(ws).get_model_version(MODEL, v).run_id[:8]}" for v in "12"}
     assert "imported mnist-cnn v1" in first.stderr
+    assert f"challenger is {tags['2']}" in first.stderr  # the worse v2, for shadow and canary
     again = run([str(BIN / "python"), "-m", "pipelines.package"], d, env)
-    assert "already the latest" in again.stderr
+    assert "already the latest" in again.stderr and "challenger is" not in again.stderr
     listed = json.loads(run([str(BIN / "bentoml"), "models", "list", "-o", "json"], d, env).stdout)
-    assert [m["tag"] for m in listed] == [
-        f"{MODEL}:v1-{client(ws).get_model_version(MODEL, '1').run_id[:8]}"
-    ]
+    assert sorted(m["tag"] for m in listed) == [tags["1"], tags["2"]]
+    pointer = Path(env["BENTOML_HOME"]) / "models" / MODEL / "challenger"
+    assert pointer.read_text() == tags["2"].split(":")[1]
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +261,7 @@ def test_predict_answers_with_the_champion(ws, server):
 
     # Expected answers from the packaged model itself, in this process.
     model_path = Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL
-    keras_file = next(model_path.glob("*/model.keras"))
+    keras_file = model_path / (model_path / "latest").read_text().strip() / "model.keras"
     expected = keras.saving.load_model(keras_file, compile=False).predict(x[..., None], verbose=0)
     correct = 0
     for i in range(len(x)):
@@ -390,6 +392,8 @@ def test_package_keeps_latest_on_a_complete_champion(ws):
 
     package = [str(BIN / "python"), "-m", "pipelines.package"]
     assert _latest_tag(ws) == tag("1")
+    # v2, the challenger, came into the store beside v1: out with it, so a promotion must import
+    run([str(BIN / "bentoml"), "models", "delete", tag("2"), "-y"], d, env)
     c.set_registered_model_alias(MODEL, "champion", "2")  # a teammate promotes v2
     with _artifacts_unreachable(ws, "2"):
         failed = run(package, d, env, check=False)

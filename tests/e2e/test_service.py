@@ -56,7 +56,8 @@ def server(request) -> str:
 def keras_model(ws):
     import keras
 
-    path = next((Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL).glob("*/model.keras"))
+    models = Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL
+    path = models / (models / "latest").read_text().strip() / "model.keras"  # what is served
     return keras.saving.load_model(path, compile=False)
 
 
