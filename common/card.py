@@ -28,7 +28,13 @@ class ModelCard(BaseModel):
     train_wall_time_s: float | None = None
     train_compute_macs: float | None = Field(None, description="Training multiply-adds")
     git_commit: str = Field("unknown", description="The code's commit ('-dirty': uncommitted)")
+    git_dirty_files: list[str] = Field([], description="The tracked files that were uncommitted")
+    params_hash: str = Field("unknown", description="sha256 of all params (canonical JSON)")
     data_hash: str = Field("unknown", description="sha256 of the prepared data's contents")
+    data_md5: dict[str, str] = Field(
+        {}, description="DVC's md5 of each prepared file, as dvc.lock records it"
+    )
+    trained_at: str = Field("", description="When the training run started (UTC, ISO 8601)")
     params: dict[str, str] = Field({}, description="The training params (params.yaml's train.*)")
     drift_reference: DriftReference | None = Field(
         None, description="The training data's ink statistics (None: packaged without one)"

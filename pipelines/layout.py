@@ -28,6 +28,7 @@ EVAL_METRICS = Path("metrics/eval.json")
 CONFUSION = Path("plots/confusion.csv")
 RELIABILITY = Path("plots/reliability.csv")
 GALLERY = Path("plots/misclassified.png")
+MODEL_CARD = Path("docs/model-card.md")  # generated from the metrics: never edited by hand
 # register
 RECEIPT = Path("reports/register.json")
 

@@ -36,6 +36,7 @@ import json
 import os
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,6 +101,23 @@ def probe_images() -> np.ndarray:
     except (OSError, ValueError, KeyError):
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (PROBE_IMAGES, *SHAPE), dtype=np.uint8)
+
+
+def json_tag(tags: dict[str, str], key: str, default: list | dict) -> list | dict:
+    """A lineage tag written as JSON (pipelines/tracking.py); `default` when absent or not JSON
+    (a version registered before the tag existed)."""
+    try:
+        value = json.loads(tags[key])
+    except (KeyError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def started_at(millis: int | None) -> str:
+    """MLflow's run start (ms since the epoch) as UTC ISO 8601."""
+    if not millis:
+        return ""
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds")
 
 
 def bento_tag(name: str, version: str, run_id: str) -> str:
@@ -168,19 +186,23 @@ def import_champion(
         net = mlflow.keras.load_model(local)
         probe = probe_images()
         answers = np.asarray(net(probe[..., None], training=False))
-        run = client.get_run(mv.run_id).data
+        run = client.get_run(mv.run_id)
         card = ModelCard(
             registered_model=name,
             mlflow_version=str(mv.version),
             run_id=mv.run_id,
             source=f"models:/{name}/{mv.version}",
             test_accuracy=float(mv.tags.get("test_accuracy", "nan")),
-            ece=run.metrics.get("test_ece"),
-            train_wall_time_s=run.metrics.get("train_wall_time_s"),
-            train_compute_macs=run.metrics.get("train_compute_macs"),
+            ece=run.data.metrics.get("test_ece"),
+            train_wall_time_s=run.data.metrics.get("train_wall_time_s"),
+            train_compute_macs=run.data.metrics.get("train_compute_macs"),
             git_commit=mv.tags.get("git_commit", "unknown"),
+            git_dirty_files=json_tag(mv.tags, "git_dirty_files", []),
+            params_hash=mv.tags.get("params_hash", "unknown"),
             data_hash=mv.tags.get("data_hash", "unknown"),
-            params={k: v for k, v in sorted(run.params.items()) if k.startswith("train.")},
+            data_md5=json_tag(mv.tags, "data_md5", {}),
+            trained_at=started_at(run.info.start_time),
+            params={k: v for k, v in sorted(run.data.params.items()) if k.startswith("train.")},
             drift_reference=reference,
         )
         staging = ModelStore(Path(tmp) / "store")

@@ -41,13 +41,12 @@ from pipelines import layout
 from pipelines.atomic import write_json
 from pipelines.log import start
 from pipelines.paths import workspace
-from pipelines.tracking import connect, read_json
+from pipelines.tracking import LINEAGE_TAGS, connect, read_json
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 RETIRED = "retired"  # a version tag: never champion again (set by a rollback)
 PREVIOUS = "previous_champion"  # a version tag: the champion it replaced
 PIN = "champion_pin"  # a registered-model tag: the version a person chose
-LINEAGE_TAGS = ("git_commit", "data_hash")
 SETTLE_ROUNDS = 50  # writes one register may make before it gives up (two racing need two or three)
 
 

@@ -1,7 +1,9 @@
 """MLflow plumbing shared by the stages: the store, the experiment, and lineage tags.
 
-Every run and registered version carries the git commit, the DVC stage and a hash of the prepared
-data, so a served model can be traced back to the code and data that made it.
+Every run and registered version carries the lineage tags (`LINEAGE_TAGS`): the git commit and, when
+it is `-dirty`, which files were; a hash of the params; the prepared data's content hash and DVC's
+own hash of each prepared file (the `md5` dvc.lock records), so a served model can be traced back
+to the code, params and data that made it, and `dvc.lock` of any commit compared with it.
 """
 
 from __future__ import annotations
@@ -38,23 +40,65 @@ def connect(experiment: str) -> str:
     return exp_id
 
 
-def git_commit() -> str:
-    """The commit the code came from, with '-dirty' when uncommitted changes were in play."""
-    root = workspace()
+# What a run carries and register copies to its registry version (JSON where not a plain string).
+LINEAGE_TAGS = ("git_commit", "git_dirty_files", "params_hash", "data_hash", "data_md5")
+MAX_DIRTY = 50  # files named in git_dirty_files (MLflow caps a tag's value; the count is kept)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=workspace(), capture_output=True, text=True, check=True
+    ).stdout
+
+
+def git_state() -> tuple[str, list[str]]:
+    """The commit the code came from ('-dirty' with uncommitted changes to tracked files) and
+    which files those are; ("unknown", []) outside git."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        sha = _git("rev-parse", "HEAD").strip()
+        dirty = [
+            line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        ]
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+        return "unknown", []
+    return (f"{sha}-dirty" if dirty else sha), dirty
+
+
+def git_commit() -> str:
+    return git_state()[0]
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """sha256 of the params as canonical JSON: equal params, equal hash, whatever the YAML looks
+    like (comments, key order, 1e-3 vs 0.001)."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def dvc_md5(path: Path) -> str:
+    """The hash DVC 3 records for a file output in dvc.lock (`hash: md5`: the md5 of its bytes)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lineage(params: Mapping[str, Any], data: Iterable[np.ndarray], files: Iterable[Path]) -> dict:
+    """The LINEAGE_TAGS of a run trained with `params` on the arrays `data`, read from `files`
+    (paths relative to the workspace, as dvc.lock names them)."""
+    commit, dirty = git_state()
+    named = dirty[:MAX_DIRTY] + (
+        [f"... {len(dirty) - MAX_DIRTY} more"] if len(dirty) > MAX_DIRTY else []
+    )
+    ws = workspace()
+    return {
+        "git_commit": commit,
+        "git_dirty_files": json.dumps(named),
+        "params_hash": params_hash(params),
+        "data_hash": data_hash(data),
+        "data_md5": json.dumps({str(f): dvc_md5(ws / f) for f in files}, sort_keys=True),
+    }
 
 
 def data_hash(arrays: Iterable[np.ndarray]) -> str:

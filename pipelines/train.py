@@ -31,7 +31,10 @@ from pipelines.data import load_split
 from pipelines.epoch_log import EpochMetrics, patiently
 from pipelines.log import start
 from pipelines.paths import workspace
-from pipelines.tracking import connect, data_hash, flatten, git_commit
+from pipelines.tracking import connect, flatten, lineage
+
+# What dvc.yaml gives this stage (`params:`); their hash is the run's `params_hash` lineage tag.
+TRAIN_PARAMS = {"seed", "train", "mlflow"}
 
 
 def make_deterministic(seed: int) -> None:
@@ -111,11 +114,14 @@ def main() -> None:
     net, trainer = model_mod.build(p.train, seed=p.seed)
     model_mod.compile_for_training(trainer, p.train, steps_per_epoch)
     macs = model_mod.forward_macs(net)
-    hashed = data_hash([x_tr, y_tr, x_val, y_val, x_test, y_test])
+    files = [layout.split(name) for name in layout.SPLITS]
+    trained_by = p.model_dump(include=TRAIN_PARAMS)  # the params dvc.yaml gives this stage
+    tags = lineage(trained_by, [x_tr, y_tr, x_val, y_val, x_test, y_test], files)
+    hashed = tags["data_hash"]
     backup = resume.Backup(
         ws,
         resume.key(
-            params=p.model_dump(include={"seed", "train", "mlflow"}),
+            params=trained_by,
             data=hashed,
             code=resume.code_fingerprint(),
             versions=[tf.__version__, keras.__version__, np.__version__],
@@ -127,9 +133,8 @@ def main() -> None:
     with run_ctx as run:
         mlflow.set_tags(
             {
-                "git_commit": git_commit(),
+                **tags,
                 "dvc_stage": "train",
-                "data_hash": hashed,
                 "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
                 "cpu": cpu.describe(),  # training is bit-identical only on one CPU model
             }

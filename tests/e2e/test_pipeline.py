@@ -22,6 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from common import cpu
 from pipelines import analysis
+from pipelines import params as params_mod
+from pipelines.tracking import LINEAGE_TAGS, params_hash
+from pipelines.train import TRAIN_PARAMS
 from tests.helpers import (
     BIN,
     FIXTURE,
@@ -168,9 +171,21 @@ def test_registry_holds_champion_with_lineage(ws):
     evaluation = json.loads((ws["dir"] / "metrics/eval.json").read_text())
     assert float(champion.tags["test_accuracy"]) == pytest.approx(evaluation["accuracy"])
 
+    # DVC's own hash of each prepared file, as dvc.lock recorded it; the params' hash; which
+    # tracked files were dirty (none: the workspace was committed before the run)
+    lock = yaml.safe_load((ws["dir"] / "dvc.lock").read_text())
+    recorded = {o["path"]: o["md5"] for o in lock["stages"]["prepare"]["outs"]}
+    md5 = json.loads(champion.tags["data_md5"])
+    assert set(md5) == {f"data/prepared/{s}.npz" for s in ("train", "val", "test")}
+    assert all(recorded[path] == value for path, value in md5.items())
+    used = params_mod.load(ws["dir"] / "params.yaml").model_dump(include=TRAIN_PARAMS)
+    assert champion.tags["params_hash"] == params_hash(used)
+    assert json.loads(champion.tags["git_dirty_files"]) == []
+
     run_ = c.get_run(champion.run_id)
     assert run_.data.tags["dvc_stage"] == "train"
-    assert run_.data.tags["data_hash"] == champion.tags["data_hash"]
+    for tag in LINEAGE_TAGS:
+        assert run_.data.tags[tag] == champion.tags[tag]
     assert run_.data.params["train.epochs"] == "4"
     assert run_.data.params["register.model_name"] == MODEL
     assert len(c.get_metric_history(run_.info.run_id, "val_accuracy")) == 4  # per epoch
