@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import yaml
 from mlflow.exceptions import MlflowException
 
 from pipelines.paths import artifact_root, tracking_uri, workspace
@@ -51,16 +52,33 @@ def _git(*args: str) -> str:
     ).stdout
 
 
+def pipeline_outputs() -> list[str]:
+    """What `dvc repro` itself rewrites while it runs: dvc.lock and the outputs dvc.yaml declares.
+    A stage that ran before train in the same repro changed them, not the code: they do not make
+    the commit dirty."""
+    found = ["dvc.lock"]
+    try:
+        spec = yaml.safe_load((workspace() / "dvc.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return found
+    for stage in (spec.get("stages") or {}).values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                found.append(str(next(iter(entry)) if isinstance(entry, dict) else entry))
+    return found
+
+
 def git_state() -> tuple[str, list[str]]:
-    """The commit the code came from ('-dirty' with uncommitted changes to tracked files) and
-    which files those are; ("unknown", []) outside git."""
+    """The commit the code came from ('-dirty' with uncommitted changes to tracked files other
+    than the pipeline's own outputs) and which files those are; ("unknown", []) outside git."""
     try:
         sha = _git("rev-parse", "HEAD").strip()
-        dirty = [
-            line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-        ]
+        status = _git("status", "--porcelain", "--untracked-files=no").splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown", []
+    outputs = pipeline_outputs()
+    changed = [line[3:].split(" -> ")[-1] for line in status]
+    dirty = [f for f in changed if not any(f == o or f.startswith(f"{o}/") for o in outputs)]
     return (f"{sha}-dirty" if dirty else sha), dirty
 
 

@@ -27,10 +27,15 @@ def test_a_dirty_tree_names_its_files_and_dvc_hashes_match_md5(tmp_path, monkeyp
         subprocess.run([*git, *args], cwd=tmp_path, env=env, check=True, capture_output=True)
 
     sh("init", "-q")
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # what makes it the workspace
+    # what makes it the workspace; its outputs, like dvc.lock, are rewritten by the run itself
+    spec = "stages:\n  s:\n    cmd: x\n    outs: [data.npz, {models/export: {persist: true}}]\n"
+    (tmp_path / "dvc.yaml").write_text(spec)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     (tmp_path / "data.npz").write_bytes(b"some bytes")
-    sh("add", "params.yaml", "data.npz")
+    (tmp_path / "models/export").mkdir(parents=True)
+    (tmp_path / "models/export/saved.pb").write_text("v1")
+    (tmp_path / "dvc.lock").write_text("v1")
+    sh("add", "dvc.yaml", "params.yaml", "data.npz", "models", "dvc.lock")
     sh("commit", "-q", "-m", "first")
     monkeypatch.chdir(tmp_path)
     arrays = [np.arange(4)]
@@ -40,6 +45,10 @@ def test_a_dirty_tree_names_its_files_and_dvc_hashes_match_md5(tmp_path, monkeyp
     assert "-dirty" not in clean["git_commit"]
     assert json.loads(clean["git_dirty_files"]) == []
     assert json.loads(clean["data_md5"]) == {"data.npz": hashlib.md5(b"some bytes").hexdigest()}
+
+    (tmp_path / "dvc.lock").write_text("v2")  # what a stage before train did in this repro
+    (tmp_path / "models/export/saved.pb").write_text("v2")
+    assert json.loads(lineage({"seed": 1}, arrays, ["data.npz"])["git_dirty_files"]) == []
 
     (tmp_path / "params.yaml").write_text("seed: 2\n")
     (tmp_path / "untracked.txt").write_text("not part of the code")
