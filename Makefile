@@ -30,19 +30,41 @@ MODEL_TAG = $${DIGIT_MODEL_TAG:-$$($(BIN)/python -m pipelines.params register.mo
 # take a URL name the shell's variable, never make's, so make itself never prints the secret.
 REDACT = $(BIN)/python -m pipelines.redact
 
-.PHONY: help plan venv repro package serve serve-replicas run quick run-quick build bench monitor test test-fast lint format mlflow-ui champion rollback promote unpin stores stores-stop stores-status publish pull lock clean
+.PHONY: help plan doctor venv report repro package serve serve-replicas run quick run-quick build bench monitor test test-fast lint format mlflow-ui champion rollback promote unpin stores stores-stop stores-status publish pull lock clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# scripts/doctor.py (standard library only: it runs before .venv exists) with what this Makefile
+# uses; --installed when the stamp is newer than what it installs (no index probe, no 4 GB needed).
+DOCTOR = $(or $(PYTHON),python3.11) scripts/doctor.py --venv $(VENV) --port $(PORT) \
+	--mlflow-port $(MLFLOW_PORT) --prom-port $(PROM_PORT) \
+	$$([[ $(STAMP) -nt requirements.lock && $(STAMP) -nt pyproject.toml ]] && echo --installed)
+
+doctor: ## check this machine before the first run (Python, disk, ports, ...)
+	@$(DOCTOR) $(DOCTOR_FLAGS)
+
+# The doctor first, unless make run / make test ran it. A venv cannot be moved once built, so it
+# is built in place and an install that did not finish is thrown away: a failed or interrupted
+# one removes .venv on its way out, and without the stamp any leftover (a kill -9, a power cut) is
+# removed before installing; with the stamp (an update to a new lock) .venv is kept, unless its
+# python or pip no longer runs. Docs: docs/doctor.md.
 $(STAMP): requirements.lock pyproject.toml
+	@$(if $(DOCTOR_RAN),:,$(DOCTOR) --quiet)
 	@echo "==> setting up $(VENV) from requirements.lock (first time: a few minutes, ~3 GB)"
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
-	@touch $@
+	@if [[ -e $(VENV) && ! -e $@ ]]; then \
+		echo "==> removing $(VENV), left by an install that did not finish"; rm -rf $(VENV); \
+	elif [[ -e $(VENV) ]] && ! $(BIN)/python -c 'import pip' 2>/dev/null; then \
+		echo "==> removing $(VENV): its python or pip no longer runs"; rm -rf $(VENV); \
+	fi
+	@trap '{ set +x; } 2>/dev/null; test -e $@ || { echo "==> the install failed: removing $(VENV)"; rm -rf $(VENV); }' EXIT; \
+	trap '{ set +x; } 2>/dev/null; exit 130' INT TERM HUP; \
+	set -ex; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION); \
+	$(BIN)/python -m pip install -q -r requirements.lock; \
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .; \
+	touch $@
 
 venv: $(STAMP) ## create .venv from the lock file
 
@@ -63,7 +85,11 @@ serve-replicas: $(STAMP) ## 2 replicas behind HAProxy on http://127.0.0.1:$(PORT
 	@scripts/apt-ensure haproxy:haproxy
 	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/python -m deploy.replicas --port $(PORT)
 
-run: plan repro package serve ## the whole path: venv, dvc repro, package, serve
+# make run and make test run the doctor first, quietly (only problems; the tests use ports of
+# their own), before the install, which then skips its own check.
+run run-quick: DOCTOR_FLAGS := --quiet
+run run-quick test: DOCTOR_RAN := 1
+run: doctor plan repro package serve ## the whole path: venv, dvc repro, package, serve
 
 # The quick recipe (docs/results.md#the-search-for-a-quick-recipe-2026-12-02): 99.61% after 11 min
 # of training on 2 cores, as a real experiment (`dvc exp show`, MLflow) in a temp copy, so
@@ -76,7 +102,12 @@ quick: $(STAMP) ## train the quick recipe as a DVC experiment (~11 min on 2 core
 	@echo "==> dvc exp run --temp: the quick recipe, default params otherwise"
 	$(BIN)/dvc exp run --temp $(QUICK)
 
-run-quick: quick package serve ## venv, the quick recipe, package, serve (15 min from a fresh clone)
+run-quick: doctor quick package serve ## venv, the quick recipe, package, serve (15 min from a fresh clone)
+
+# What a change did to the model, as a pull-request bot would post it (scripts/report.py): REV
+# against the workspace; without REV, the merge base with main (HEAD~1 on main itself).
+report: $(STAMP) ## what a change did to the model: params, metrics, plots vs REV=main → reports/change.md
+	@$(BIN)/python scripts/report.py $(if $(REV),--rev "$(REV)") $(if $(OUT),--out "$(OUT)")
 
 # What `make run` will do and roughly how long each part takes on a 2-core machine of this kind
 # (measured from a fresh clone, docs/results.md#the-first-make-run; the default's train line is its
@@ -104,7 +135,8 @@ monitor: $(STAMP) ## Prometheus on http://127.0.0.1:$(PROM_PORT) scraping the se
 	@scripts/apt-ensure promtool:prometheus
 	$(BIN)/python -m monitoring.serve --service 127.0.0.1:$(PORT) --listen 127.0.0.1:$(PROM_PORT)
 
-test: $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
+test: DOCTOR_FLAGS := --quiet --no-ports
+test: doctor $(STAMP) ## run the whole test suite (real DVC, MLflow, BentoML)
 	@scripts/apt-ensure chromium:chromium chromedriver:chromium-driver promtool:prometheus \
 		pg_ctlcluster:postgresql haproxy:haproxy
 	@echo "==> pytest (the end-to-end tests train a small model and start a real server)"

@@ -2,8 +2,10 @@
 
 One typed schema for the contract between `pipelines/package.py` (which knows the registry and the
 prepared data) and `service/` (which knows neither): where the model came from, how good it is,
-what trained it and on which data, and the drift reference of that data. It is stored as the
-Bento model's metadata, so `bentoml models get TAG` shows it too.
+what trained it and on which data, what the net is (its layers, parameters and multiply-adds), and
+the drift reference of that data. It is stored as the Bento model's metadata, so
+`bentoml models get TAG` shows it too. Every field has a default: a model packaged before a field
+existed still loads (the store keeps old models), its new fields empty.
 """
 
 from __future__ import annotations
@@ -13,6 +15,27 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.drift import DriftReference
+
+
+class Layer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    kind: str = Field(description="The Keras layer class (Conv2D, Dense, ...)")
+    output_shape: list[int | None] = Field(description="One image's output, without the batch axis")
+    parameters: int = Field(description="Its weights, trainable or not")
+
+
+class Architecture(BaseModel):
+    """The served net in brief; the one summary (pipelines/architecture.py) the model card
+    Markdown and `/model` both show."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    input_shape: list[int | None] = Field(description="One image's input, without the batch axis")
+    layers: list[Layer] = Field(description="Every layer after the input, in order")
+    parameters: int = Field(description="All weights (Keras' count_params: the layers' sum)")
+    multiply_adds: int = Field(description="Multiply-adds of one image's forward pass")
 
 
 class ModelCard(BaseModel):
@@ -36,6 +59,13 @@ class ModelCard(BaseModel):
     )
     trained_at: str = Field("", description="When the training run started (UTC, ISO 8601)")
     params: dict[str, str] = Field({}, description="The training params (params.yaml's train.*)")
+    architecture: Architecture | None = Field(None, description="None: packaged before it was")
+    per_class_recall: dict[str, float] = Field(
+        {}, description="Test-set recall of each digit, '0' to '9'"
+    )
+    markdown: str = Field(
+        "", description="The file in the Bento model holding evaluate's model card ('': none)"
+    )
     drift_reference: DriftReference | None = Field(
         None, description="The training data's ink statistics (None: packaged without one)"
     )

@@ -3,7 +3,8 @@
 Only the test split is used here, and only here: accuracy and per-class scores, accuracy on slices
 of hard images, calibration (ECE, reliability), and the agreement of the SavedModel and TFLite
 exports with the Keras model. The numbers land in metrics/eval.json (for `dvc metrics`), the plots
-in plots/ (for `dvc plots`), and everything in the same MLflow run as train.
+in plots/ (for `dvc plots`), the model card rendered from them in docs/model-card.md
+(pipelines/model_card.py), and everything in the same MLflow run as train.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -25,8 +27,9 @@ from matplotlib.figure import Figure
 from mlflow.models import Model, infer_signature
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
 
-from pipelines import analysis, layout
-from pipelines.atomic import atomic_path, write_json
+from pipelines import analysis, layout, model_card
+from pipelines.architecture import summary
+from pipelines.atomic import atomic_path, write_json, write_text
 from pipelines.data import load_split
 from pipelines.export import export_all
 from pipelines.log import start
@@ -57,6 +60,51 @@ def scores(y_true: np.ndarray, probs: np.ndarray) -> dict:
             for d in range(10)
         },
     }
+
+
+def top_confusions(
+    y_true: np.ndarray, y_pred: np.ndarray, n: int = 3
+) -> list[tuple[int, int, int]]:
+    """The `n` most frequent mistakes as (true, predicted, count), the most frequent first."""
+    wrong = y_true != y_pred
+    counts = Counter(zip(y_true[wrong].tolist(), y_pred[wrong].tolist(), strict=True))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(t, p, c) for (t, p), c in ranked[:n]]
+
+
+NOISE_IMAGES, NOISE_SEED = 100, 0
+
+
+def off_distribution(net: keras.Model) -> dict[str, dict]:
+    """What the model answers on inputs that are no digit (a blank, an all-white square, seeded
+    uniform noise): the model card's evidence that a confidence is no "is it a digit?" test."""
+    noise = np.random.default_rng(NOISE_SEED).integers(0, 256, (NOISE_IMAGES, 28, 28, 1))
+    cases = {
+        "blank": np.zeros((1, 28, 28, 1), np.uint8),
+        "white": np.full((1, 28, 28, 1), 255, np.uint8),
+        "noise": noise.astype(np.uint8),
+    }
+    answers = {}
+    for name, x in cases.items():
+        probs = np.asarray(net(x, training=False))
+        top = probs.max(axis=1)
+        answers[name] = {
+            "images": len(x),
+            "digit": int(np.bincount(probs.argmax(axis=1), minlength=10).argmax()),
+            "confidence": float(top.mean()),
+            "highest": float(top.max()),
+            "confident": int((top > model_card.CONFIDENT).sum()),
+        }
+    return answers
+
+
+def split_sizes() -> dict[str, int]:
+    """Images per prepared split (only the labels are read)."""
+    sizes = {}
+    for name in layout.SPLITS:
+        with np.load(workspace() / layout.split(name), allow_pickle=False) as npz:
+            sizes[name] = len(npz["y"])
+    return sizes
 
 
 def _save_keras(path: str, **kwargs) -> None:
@@ -108,9 +156,15 @@ def save_figure(fig: Figure, target: Path) -> None:
 
 
 def log_run(
-    run_id: str, result: dict, figures: dict[str, Figure], net: keras.Model, example: np.ndarray
+    run_id: str,
+    result: dict,
+    figures: dict[str, Figure],
+    net: keras.Model,
+    example: np.ndarray,
+    card: str,
 ) -> str:
-    """Log metrics, figures, slices and exports to the train stage's run; return the model URI."""
+    """Log metrics, figures, slices, exports and the model card to the train stage's run; return
+    the model URI."""
     ws = workspace()
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
@@ -122,6 +176,8 @@ def log_run(
             }
         )
         mlflow.log_metrics({f"test_f1_digit_{d}": v["f1"] for d, v in result["per_class"].items()})
+        recall = {f"test_recall_digit_{d}": v["recall"] for d, v in result["per_class"].items()}
+        mlflow.log_metrics(recall)  # what `make package` gives the service (`GET /model`)
         mlflow.log_metrics(
             {f"test_slice_{name}_accuracy": s["accuracy"] for name, s in result["slices"].items()}
         )
@@ -135,6 +191,7 @@ def log_run(
             "metrics/slices.json",
         )
         mlflow.log_dict(result, "metrics/eval.json")
+        mlflow.log_text(card, model_card.ARTIFACT)
         mlflow.log_artifacts(str(ws / layout.SAVED_MODEL), artifact_path="export/saved_model")
         mlflow.log_artifact(str(ws / layout.TFLITE), artifact_path="export")
         return log_model(net, example)
@@ -171,8 +228,20 @@ def main() -> None:
 
     connect(p.mlflow.experiment)
     run_id = read_json(ws / layout.RUN_INFO)["run_id"]
-    model_uri = log_run(run_id, result, figures, net, x_test[:1])
+    card = model_card.render(
+        result,
+        read_json(ws / layout.TRAIN_METRICS),
+        p,
+        model_card.Lineage.from_tags(mlflow.get_run(run_id).data.tags),
+        summary(net),
+        reliability=table,
+        splits=split_sizes(),
+        confusions=top_confusions(y_true, y_pred),
+        non_digits=off_distribution(net),
+    )
+    model_uri = log_run(run_id, result, figures, net, x_test[:1], card)
     write_json(ws / layout.EVAL_METRICS, result)
+    write_text(ws / layout.MODEL_CARD, card)
     write_json(ws / layout.LOGGED_MODEL, {"model_uri": model_uri, "run_id": run_id})
     agree = result["export_agreement"]
     print(

@@ -1,8 +1,10 @@
 """Import the registry's champion into the BentoML model store (`make package`).
 
 Run after `dvc repro`. The Bento model carries a model card (common/card.py): the MLflow version,
-run id, test accuracy, lineage and training params, so the service can say exactly what it serves
-without ever calling MLflow. Importing the same champion again changes nothing.
+run id, test accuracy and per-digit recall, lineage, training params and the net's summary
+(pipelines/architecture.py), so the service can say exactly what it serves without ever calling
+MLflow; and, as `model-card.md` beside the model, the Markdown model card evaluate logged on the
+run (`GET /model/card`). Importing the same champion again changes nothing.
 
 The card also carries prepare's drift reference (`stats.json["drift_reference"]`, also written as
 `reference.json` beside the model), but only when the workspace's prepared data is the data the
@@ -55,7 +57,7 @@ from common.card import ModelCard
 from common.drift import REFERENCE_KEY, DriftReference
 from common.image import SHAPE
 from common.rollout import PROBE_FILE, PROBE_IMAGES, pointer, read_pointer, save_probe
-from pipelines import layout
+from pipelines import layout, model_card
 from pipelines import params as params_mod
 from pipelines.atomic import replace_dir, write_text
 from pipelines.data import load_split
@@ -66,6 +68,7 @@ from pipelines.tracking import data_hash
 NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 MODEL_FILE = "model.keras"
 REFERENCE_FILE = "reference.json"
+MARKDOWN_FILE = "model-card.md"  # evaluate's Markdown model card, beside the model
 
 
 def drift_reference(champion_data_hash: str) -> DriftReference | None:
@@ -118,6 +121,24 @@ def started_at(millis: int | None) -> str:
     if not millis:
         return ""
     return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds")
+
+
+def per_class_recall(metrics: dict[str, float]) -> dict[str, float]:
+    """evaluate's `test_recall_digit_<d>` metrics as {"0": ..., "9": ...} (those it logged)."""
+    keys = {str(d): f"test_recall_digit_{d}" for d in range(10)}
+    return {d: metrics[key] for d, key in keys.items() if key in metrics}
+
+
+def markdown_card(run_id: str, dst: Path) -> str | None:
+    """The model card evaluate logged on the run, or None (a run evaluated before it was)."""
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=model_card.ARTIFACT, dst_path=str(dst)
+        )
+        return Path(path).read_text()
+    except (MlflowException, OSError) as err:
+        print(f"package: no model card on run {run_id} ({redact(str(err))})", file=sys.stderr)
+        return None
 
 
 def bento_tag(name: str, version: str, run_id: str) -> str:
@@ -177,6 +198,8 @@ def import_champion(
     one step: the store never holds half of it, even after Ctrl-C."""
     import keras  # heavy; only needed when there is something to import
 
+    from pipelines.architecture import summary
+
     store_root = Path(BentoMLContainer.model_store.get()._path)
     store_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".package-", dir=store_root.parent) as tmp:
@@ -187,6 +210,7 @@ def import_champion(
         probe = probe_images()
         answers = np.asarray(net(probe[..., None], training=False))
         run = client.get_run(mv.run_id)
+        markdown = markdown_card(mv.run_id, Path(tmp) / "card")
         card = ModelCard(
             registered_model=name,
             mlflow_version=str(mv.version),
@@ -204,6 +228,9 @@ def import_champion(
             trained_at=started_at(run.info.start_time),
             params={k: v for k, v in sorted(run.data.params.items()) if k.startswith("train.")},
             drift_reference=reference,
+            architecture=summary(net),
+            per_class_recall=per_class_recall(run.data.metrics),
+            markdown=MARKDOWN_FILE if markdown is not None else "",
         )
         staging = ModelStore(Path(tmp) / "store")
         with bentoml.models.create(
@@ -217,6 +244,8 @@ def import_champion(
             save_probe(Path(bento_model.path) / PROBE_FILE, probe, answers)
             if reference is not None:
                 (Path(bento_model.path) / REFERENCE_FILE).write_text(reference.model_dump_json())
+            if markdown is not None:
+                (Path(bento_model.path) / MARKDOWN_FILE).write_text(markdown)
         staged = Path(staging.get(tag).path)
         final = store_root / staged.parent.name / staged.name
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, Field, Strict
 
-from common.card import ModelCard
+from common.card import Architecture, ModelCard
 from common.image import SIDE
 
 Scale = Literal["0-255", "0-1"]
@@ -58,6 +58,9 @@ class Rollout(BaseModel):
     shadow_share: float = Field(description="Share of images the challenger also answers, unseen")
 
 
+MODEL_CARD_PATH = "/model/card"
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str = Field(description="MLflow registry version")
@@ -67,9 +70,24 @@ class ModelInfo(BaseModel):
     train_wall_time_s: float | None
     train_compute_macs: float | None
     ece: float | None
-    git_commit: str
-    data_hash: str
+    git_commit: str = Field(description="The code's commit ('-dirty': uncommitted changes)")
+    git_dirty_files: list[str] = Field(description="The tracked files that were uncommitted")
+    params_hash: str = Field(description="sha256 of the params training read (canonical JSON)")
+    data_hash: str = Field(description="sha256 of the prepared data's contents")
+    data_md5: dict[str, str] = Field(
+        description="DVC's md5 of each prepared file: compare with a commit's dvc.lock"
+    )
+    trained_at: str = Field(
+        description="When the training run started (UTC, ISO 8601; '': unknown)"
+    )
     params: dict[str, str] = Field(description="The training params (params.yaml's train.*)")
+    per_class_recall: dict[str, float] = Field(description="Test-set recall of each digit")
+    architecture: Architecture | None = Field(
+        description="Layers, parameters, multiply-adds per image (None: packaged without)"
+    )
+    model_card: str | None = Field(
+        description="Where the Markdown model card is served (None: packaged without one)"
+    )
     rollout: Rollout | None = None
 
     @classmethod
@@ -84,8 +102,15 @@ class ModelInfo(BaseModel):
             train_compute_macs=card.train_compute_macs,
             ece=card.ece,
             git_commit=card.git_commit,
+            git_dirty_files=card.git_dirty_files,
+            params_hash=card.params_hash,
             data_hash=card.data_hash,
+            data_md5=card.data_md5,
+            trained_at=card.trained_at,
             params=card.params,
+            per_class_recall=card.per_class_recall,
+            architecture=card.architecture,
+            model_card=MODEL_CARD_PATH if card.markdown else None,
         )
 
 

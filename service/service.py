@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import bentoml
 import numpy as np
 from pydantic import Field
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from service import metrics, models
 from service.batcher import CHALLENGER, CHAMPION, MicroBatcher, Overloaded
@@ -51,6 +51,7 @@ from service.refusals import Rejected, usage_hints
 from service.sandbox import Sandbox, Slots
 from service.schemas import (
     GRID_DOC,
+    MODEL_CARD_PATH,
     SCALE_DOC,
     BatchPrediction,
     Explanation,
@@ -206,8 +207,9 @@ class DigitClassifier:
 
     @page_app.get("/model", response_model=ModelInfo)
     def model_info(self) -> ModelInfo:
-        """What this worker serves: registry version, run, accuracy, lineage and training params,
-        and the rollout (challenger, canary and shadow shares)."""
+        """What this worker serves: registry version, run, accuracy and per-digit recall, the
+        architecture, lineage and training params, and the rollout (challenger, canary and shadow
+        shares)."""
         challenger = self.challenger
         rollout = Rollout(
             follows_store=FOLLOWS and SETTINGS.reload_interval_s > 0,
@@ -218,6 +220,18 @@ class DigitClassifier:
             shadow_share=SETTINGS.shadow_share,
         )
         return self.champion.info.model_copy(update={"rollout": rollout})
+
+    @page_app.get(MODEL_CARD_PATH, response_class=Response)
+    def model_card(self) -> Response:
+        """The champion's Markdown model card, as evaluate rendered it from its metrics."""
+        served = self.champion
+        if not served.card.markdown:
+            return JSONResponse(
+                {"error": f"{served.tag} has no model card: its run was evaluated without one"},
+                status_code=404,
+            )
+        path = Path(bentoml.models.get(served.tag).path) / served.card.markdown
+        return Response(path.read_bytes(), media_type="text/markdown; charset=utf-8")
 
     # --- one worker's model ----------------------------------------------------------------------
 

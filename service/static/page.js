@@ -1,6 +1,7 @@
 // The digit page: draw or upload, ask the service, show the answer, what the model saw and why.
 // Plain browser JavaScript, no build step and nothing from a CDN; it only talks to this service:
-// POST /predict_canvas and /predict_image (answer + the 28×28 "seen"), POST /explain, GET /model.
+// POST /predict_canvas and /predict_image (answer + the 28×28 "seen"), POST /explain, GET /model
+// (the footer and the "About this model" panel).
 // With an API key set on the service, it asks for the key and sends it (Authorization: Bearer).
 "use strict";
 
@@ -16,7 +17,7 @@
   let latest = 0; // number of the latest request: older replies are ignored
 
   // What the tests (and the curious, in the console) can read.
-  const state = { reply: null, explanation: null, requests: 0, errors: 0 };
+  const state = { reply: null, explanation: null, model: null, requests: 0, errors: 0 };
   window.digitPage = state;
 
   // --- drawing --------------------------------------------------------------------------------
@@ -361,18 +362,102 @@
     g.fillRect(0, 0, canvas.width, canvas.height);
   }
 
-  // --- footer -----------------------------------------------------------------------------------
+  // --- the model: footer and "About this model" -------------------------------------------------
+
+  function share(p, digits = 2) {
+    return Number.isFinite(p) ? `${(100 * p).toFixed(digits)}%` : "unknown";
+  }
+
+  function short(hash) {
+    return hash && hash !== "unknown" ? hash.slice(0, 12) : "unknown";
+  }
+
+  // The training recipe from the train.* params the run recorded.
+  function recipe(params) {
+    const get = (key) => params[`train.${key}`];
+    const parts = [];
+    if (get("epochs")) parts.push(`${get("epochs")} epochs`);
+    if (get("batch_size")) parts.push(`batch size ${get("batch_size")}`);
+    if (get("learning_rate")) {
+      const schedule = get("lr_schedule") ? ` (${get("lr_schedule")})` : "";
+      parts.push(`learning rate ${get("learning_rate")}${schedule}`);
+    }
+    const augment = [
+      ["rotation_degrees", (v) => `rotation ±${v}°`],
+      ["zoom", (v) => `zoom ±${v}`],
+      ["translation", (v) => `translation ±${v}`],
+    ]
+      .filter(([key]) => Number(get(`augment.${key}`)) > 0)
+      .map(([key, text]) => text(get(`augment.${key}`)));
+    parts.push(`augmentation: ${augment.length ? augment.join(", ") : "none"}`);
+    return parts.join(" · ");
+  }
+
+  function fact(key, label, text, title = "") {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    dd.dataset.key = key;
+    dd.textContent = text;
+    if (title) dd.title = title;
+    return [dt, dd];
+  }
+
+  function showAbout(model) {
+    const arch = model.architecture;
+    const dirty = model.git_dirty_files || [];
+    const md5 = Object.entries(model.data_md5 || {}).map(([path, sum]) => `${path}: ${sum}`);
+    const commit = model.git_commit.endsWith("-dirty")
+      ? `${short(model.git_commit)}-dirty`
+      : short(model.git_commit);
+    $("about-facts").replaceChildren(
+      ...fact("version", "Registry version", `${model.name} version ${model.version}`,
+        `Bento model ${model.bento_tag}, MLflow run ${model.run_id}`),
+      ...fact("accuracy", "Test accuracy",
+        `${share(model.test_accuracy)} · calibration error (ECE) ${share(model.ece)}`),
+      ...fact("architecture", "Architecture", arch
+        ? `${arch.layers.length} layers · ${arch.parameters.toLocaleString("en")} parameters · ` +
+          `${(arch.multiply_adds / 1e6).toFixed(1)} M multiply-adds per image`
+        : "not recorded"),
+      ...fact("recipe", "Training recipe", recipe(model.params || {})),
+      ...fact("trained", "Trained at", model.trained_at || "unknown"),
+      ...fact("commit", "Code commit", commit,
+        dirty.length ? `uncommitted changes: ${dirty.join(", ")}` : model.git_commit),
+      ...fact("data", "Data hash", short(model.data_hash), [model.data_hash, ...md5].join("\n")),
+    );
+    const recall = model.per_class_recall || {};
+    $("about-recall").replaceChildren(
+      ...[...Array(10).keys()].map((d) => {
+        const li = document.createElement("li");
+        li.dataset.digit = String(d);
+        const r = recall[String(d)];
+        const value = Number.isFinite(r) ? percent(r) : "?";
+        li.setAttribute("aria-label", `${d}: ${value}`);
+        const digit = document.createElement("span");
+        digit.className = "d";
+        digit.textContent = String(d);
+        const pct = document.createElement("span");
+        pct.textContent = value;
+        li.append(digit, pct);
+        return li;
+      }),
+    );
+    $("about-card").hidden = !model.model_card;
+    if (model.model_card) $("about-card").href = model.model_card;
+    $("about-status").hidden = true;
+  }
 
   async function showModel() {
     const info = $("model-info");
     try {
       const model = await call("/model", {});
-      const accuracy = Number.isFinite(model.test_accuracy)
-        ? `${(100 * model.test_accuracy).toFixed(2)}%`
-        : "unknown";
-      info.textContent = `Model ${model.name} version ${model.version} · test accuracy ${accuracy}`;
+      state.model = model;
+      info.textContent = `Model ${model.name} version ${model.version} · test accuracy ` +
+        share(model.test_accuracy);
+      showAbout(model);
     } catch (error) {
       info.textContent = `Model information unavailable: ${error.message}`;
+      $("about-status").textContent = info.textContent;
     }
   }
 

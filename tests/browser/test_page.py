@@ -155,6 +155,32 @@ def shown(driver) -> dict:
     )
 
 
+def about_panel(driver) -> dict:
+    """What the "About this model" panel shows: its facts by key, the recall row, the card link."""
+    return driver.execute_script(
+        """const visible = (e) => e && !e.hidden && e.offsetParent !== null;
+        const facts = {};
+        for (const dd of document.querySelectorAll('#about-facts dd')) {
+          if (visible(dd)) facts[dd.dataset.key] = dd.textContent;
+        }
+        const card = document.getElementById('about-card');
+        return {
+          open: document.getElementById('about').open,
+          facts,
+          titles: Object.fromEntries([...document.querySelectorAll('#about-facts dd')]
+              .map((dd) => [dd.dataset.key, dd.title])),
+          recall: [...document.querySelectorAll('#about-recall li')].filter(visible)
+              .map((li) => [li.dataset.digit, li.lastChild.textContent]),
+          card: visible(card) ? card.getAttribute('href') : null,
+        };"""
+    )
+
+
+def js_percent(p: float) -> str:
+    """The page's own percent(): whole numbers at the ends, one decimal between."""
+    return f"{100 * p:.{0 if p >= 0.9995 or p < 0.0005 else 1}f}%"
+
+
 def canvas_pixels(driver, element_id: str) -> np.ndarray:
     """The red channel of a canvas on the page, as uint8 rows."""
     rows = driver.execute_script(
@@ -363,6 +389,19 @@ def test_phone_viewport_fits_and_draws_by_touch(server, browser):
     assert layout["width"] == PHONE["width"]
     assert layout["scrollWidth"] <= PHONE["width"], layout
     assert layout["over"] == [], layout
+    assert about_panel(browser)["open"] is False  # collapsed until asked
+    browser.find_element("css selector", "#about summary").click()
+    wait_for(browser, "return document.querySelectorAll('#about-recall li').length === 10")
+    layout = browser.execute_script(
+        """const w = window.innerWidth;
+        const over = [...document.querySelectorAll('body *')]
+            .filter((e) => e.getBoundingClientRect().right > w + 0.5)
+            .map((e) => e.tagName + '#' + e.id + '.' + e.className);
+        const pad = document.getElementById('pad').getBoundingClientRect();
+        return {width: w, scrollWidth: document.documentElement.scrollWidth, over,
+                pad: [pad.left, pad.right, pad.width, pad.height]};"""
+    )
+    assert layout["scrollWidth"] <= PHONE["width"] and layout["over"] == [], layout  # opened too
     left, right, width, height = layout["pad"]
     assert left >= 0 and right <= PHONE["width"] and width >= 280 and abs(width - height) < 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -396,6 +435,49 @@ def test_low_confidence_says_not_sure(server, browser):
     )
 
 
+def test_about_this_model_shows_what_model_says(server, browser):
+    model = requests.get(f"{server}/model", timeout=10).json()
+    open_page(browser, server)
+    wait_for(browser, "return document.getElementById('about-status').hidden")
+    assert about_panel(browser)["open"] is False
+    browser.find_element("css selector", "#about summary").click()
+    panel = about_panel(browser)
+    facts = panel["facts"]
+    assert panel["open"] is True
+    assert facts["version"] == f"{model['name']} version {model['version']}"
+    assert model["bento_tag"] in panel["titles"]["version"]
+    assert facts["accuracy"].startswith(f"{100 * model['test_accuracy']:.2f}%")
+    assert f"(ECE) {100 * model['ece']:.2f}%" in facts["accuracy"]
+    # the recall of all ten digits, in order, as /model says
+    recall = model["per_class_recall"]
+    assert panel["recall"] == [[str(d), js_percent(recall[str(d)])] for d in range(10)]
+    arch = model["architecture"]
+    assert facts["architecture"].startswith(
+        f"{len(arch['layers'])} layers · {arch['parameters']:,} parameters · "
+        f"{arch['multiply_adds'] / 1e6:.1f} M multiply-adds"
+    )
+    params = model["params"]
+    assert f"{params['train.epochs']} epochs" in facts["recipe"]
+    assert f"batch size {params['train.batch_size']}" in facts["recipe"]
+    assert f"learning rate {params['train.learning_rate']}" in facts["recipe"]
+    augment = {k: params[f"train.augment.{k}"] for k in ("rotation_degrees", "zoom", "translation")}
+    assert float(augment["translation"]) > 0  # the served fixture model's (SERVICE_PARAMS)
+    for key, text in [
+        ("rotation_degrees", f"rotation ±{augment['rotation_degrees']}°"),
+        ("zoom", f"zoom ±{augment['zoom']}"),
+        ("translation", f"translation ±{augment['translation']}"),
+    ]:
+        assert (text in facts["recipe"]) == (float(augment[key]) > 0), (key, facts["recipe"])
+    assert facts["trained"] == model["trained_at"] != ""
+    assert facts["commit"] == model["git_commit"][:12] + (
+        "-dirty" if model["git_commit"].endswith("-dirty") else ""
+    )
+    assert facts["data"] == model["data_hash"][:12]
+    assert all(md5 in panel["titles"]["data"] for md5 in model["data_md5"].values())
+    assert panel["card"] == "/model/card"
+    assert js_errors(browser) == []
+
+
 def test_controls_are_labelled_and_reachable_by_keyboard(server, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
@@ -420,6 +502,8 @@ def test_screenshot_of_a_prediction(server, browser):
     open_page(browser, server)
     draw(browser, SEVEN)
     answered(browser, 0)
+    browser.find_element("css selector", "#about summary").click()  # "About this model" too
+    wait_for(browser, "return document.querySelectorAll('#about-recall li').length === 10")
     png = screenshot(browser, "page.png")
     assert png.stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOT") == "1":

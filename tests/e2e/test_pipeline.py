@@ -82,6 +82,7 @@ def test_repro_builds_every_stage(ws):
         "models/export/model.tflite",
         "models/export/saved_model/saved_model.pb",
         "reports/register.json",
+        "docs/model-card.md",
     ]:
         assert (d / path).is_file(), path
     evaluation = json.loads((d / "metrics/eval.json").read_text())
@@ -108,6 +109,7 @@ def test_repro_builds_every_stage(ws):
     commit(d, ws["env"], "first model")
     ws["first_eval"] = evaluation
     ws["first_train"] = train
+    ws["first_card"] = (d / "docs/model-card.md").read_bytes()
 
 
 def test_evaluate_reports_slices_calibration_and_exports(ws):
@@ -156,6 +158,42 @@ def test_evaluate_reports_slices_calibration_and_exports(ws):
     assert {"export/model.tflite", "export/saved_model"} <= exported
     saved = {a.path for a in c.list_artifacts(run_id, "export/saved_model")}
     assert "export/saved_model/saved_model.pb" in saved
+    for digit, scores in evaluation["per_class"].items():  # what package gives the service
+        assert metrics[f"test_recall_digit_{digit}"] == scores["recall"]
+
+
+def test_evaluate_renders_the_model_card_from_its_metrics(ws):
+    """docs/model-card.md, generated: the numbers of eval.json and the run's lineage tags, the
+    net's own summary, and the same text logged on the run."""
+    import keras
+
+    from pipelines.architecture import summary
+
+    d = ws["dir"]
+    card = (d / "docs/model-card.md").read_text()
+    evaluation = json.loads((d / "metrics/eval.json").read_text())
+    assert card.splitlines()[0].endswith(
+        f"{100 * evaluation['accuracy']:.2f}% on the MNIST test set"
+    )
+    errors = evaluation["n_test"] - round(evaluation["accuracy"] * evaluation["n_test"])
+    assert f"| {100 * evaluation['accuracy']:.2f}% | {errors} | {evaluation['loss']:.4f} |" in card
+    for digit, c in evaluation["per_class"].items():
+        assert f"| {digit} | {100 * c['precision']:.2f}% | {100 * c['recall']:.2f}% |" in card
+    for name, s in evaluation["slices"].items():
+        assert f"| {s['n']:,} | {100 * s['accuracy']:.2f}% |" in card, name
+    net = keras.saving.load_model(d / "models/model.keras")
+    arch = summary(net)
+    assert f"{len(arch.layers)} layers, {net.count_params():,} parameters" in card
+    assert all(f"| {layer.name} | {layer.kind} |" in card for layer in arch.layers)
+    run_id = json.loads((d / "models/mlflow_run.json").read_text())["run_id"]
+    tags = client(ws).get_run(run_id).data.tags
+    assert f"`{tags['data_hash']}`" in card and f"`{tags['params_hash']}`" in card
+    for path, md5 in json.loads(tags["data_md5"]).items():
+        assert f"| `{path}` | `{md5}` |" in card
+    assert "## Known limitations" in card and "## How it was validated" in card
+    assert tags["git_commit"] not in card  # the commit changes with every commit: not in it
+    logged = Path(client(ws).download_artifacts(run_id, "model_card.md", str(ws["root"])))
+    assert logged.read_text() == card
 
 
 def test_registry_holds_champion_with_lineage(ws):
@@ -317,6 +355,8 @@ def test_same_params_give_identical_metrics(ws, tmp_path):
         assert evaluation[key] == ws["first_eval"][key], key
     for key in ("train_loss", "val_accuracy", "val_loss_last_epoch", "train_compute_macs"):
         assert train[key] == ws["first_train"][key], key
+    # the model card too, byte for byte: nothing in it changes from run to run
+    assert (again / "docs/model-card.md").read_bytes() == ws["first_card"]
 
 
 def test_interrupted_training_resumes_bit_identical(ws, tmp_path):

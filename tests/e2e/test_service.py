@@ -208,19 +208,46 @@ def test_uploaded_pictures_score_within_half_a_point_of_raw_digits(keras_model, 
     assert acc >= raw - 0.005, (style, acc, raw)
 
 
-def test_model_info_says_what_is_served(ws, server):
+def test_model_info_says_what_is_served(ws, server, keras_model):
+    from datetime import UTC, datetime
+
     from mlflow.tracking import MlflowClient
+
+    from pipelines.model import forward_macs
 
     info = requests.get(f"{server}/model", timeout=10)
     assert info.status_code == 200, info.text
     body = info.json()
-    mv = MlflowClient(tracking_uri=ws["env"]["MLFLOW_TRACKING_URI"]).get_model_version(MODEL, "1")
+    c = MlflowClient(tracking_uri=ws["env"]["MLFLOW_TRACKING_URI"])
+    mv = c.get_model_version(MODEL, "1")
     assert body["name"] == MODEL and body["version"] == "1" and body["run_id"] == mv.run_id
     assert body["test_accuracy"] == pytest.approx(float(mv.tags["test_accuracy"]))
-    assert body["data_hash"] == mv.tags["data_hash"]
     assert body["train_wall_time_s"] > 0 and body["train_compute_macs"] > 0
     assert body["params"]["train.epochs"] == str(SERVICE_PARAMS["train"]["epochs"])
     assert body["bento_tag"].startswith(f"{MODEL}:v1-")
+    # the lineage, as the registry version's tags hold it
+    assert body["git_commit"] == mv.tags["git_commit"]
+    assert body["git_dirty_files"] == json.loads(mv.tags["git_dirty_files"])
+    assert (body["params_hash"], body["data_hash"]) == (
+        mv.tags["params_hash"],
+        mv.tags["data_hash"],
+    )
+    assert body["data_md5"] == json.loads(mv.tags["data_md5"]) and len(body["data_md5"]) == 3
+    started = datetime.fromtimestamp(c.get_run(mv.run_id).info.start_time // 1000, UTC)
+    assert datetime.fromisoformat(body["trained_at"]) == started
+    # per-digit recall as evaluate measured it; the architecture as the served Keras model has it
+    evaluation = json.loads((ws["dir"] / "metrics/eval.json").read_text())
+    assert body["per_class_recall"] == {d: s["recall"] for d, s in evaluation["per_class"].items()}
+    arch = body["architecture"]
+    assert arch["parameters"] == keras_model.count_params() > 0
+    assert sum(layer["parameters"] for layer in arch["layers"]) == arch["parameters"]
+    assert arch["multiply_adds"] == forward_macs(keras_model)
+    assert [layer["name"] for layer in arch["layers"]] == [x.name for x in keras_model.layers[1:]]
+    # the Markdown model card evaluate rendered, served as is
+    assert body["model_card"] == "/model/card"
+    card = requests.get(f"{server}{body['model_card']}", timeout=10)
+    assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
+    assert card.text == (ws["dir"] / "docs/model-card.md").read_text()
 
 
 def test_metrics_count_exactly_what_was_sent(server, keras_model, digits):
