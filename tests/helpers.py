@@ -22,6 +22,7 @@ BIN = Path(sys.executable).parent
 # What a workspace copy needs: the code, the pipeline definition and the fixture data.
 PROJECT_FILES = [
     "common",
+    "digits",
     "pipelines",
     "service",
     "examples",
