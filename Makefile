@@ -126,7 +126,7 @@ plan:
 build: package ## build a Bento (service + champion) with bentofile.yaml
 	DIGIT_MODEL_TAG="$(MODEL_TAG)" $(BIN)/bentoml build
 
-bench: package ## measure the served champion (vs mlflow serve), a hot swap, the shadow → bench/RESULTS.md
+bench: package ## measure the served champion (vs mlflow serve), a hot swap, the shadow, digit-mlops score → bench/RESULTS.md
 	@scripts/apt-ensure wrk:wrk
 	@echo "==> benchmark: $${BENCH_DURATION:-10} s per setting (knobs: bench/run.py docstring)"
 	$(BIN)/python -m bench.run

@@ -85,6 +85,24 @@ def inprocess_section(run: Run) -> str:
     )
 
 
+def score_section(run: Run) -> str:
+    """`digit-mlops score` on a folder of PNGs (bench/score.py), or why it is missing."""
+    sc = run.score
+    if sc is None:
+        return f"Not measured: {run.score_error or 'BENCH_SCORE=0'}"
+    accuracy = f"; accuracy on them {sc['accuracy']:.2%}" if sc.get("accuracy") is not None else ""
+    return (
+        f"`digit-mlops score DIR --labels` in process on {sc['images']:,} PNGs of "
+        f"{sc['side']}×{sc['side']} px (test digits from `{sc['source']}`, one file each): "
+        f"**{sc['images_per_s']:,.0f} images/s** while scoring ({sc['scoring_s']:.1f} s: every "
+        f"file read and made MNIST-like by the service's own preprocessing, batched model calls), "
+        f"{sc['wall_s']:.1f} s wall with start-up and model load "
+        f"({sc['wall_images_per_s']:,.0f}/s); {sc['jobs']} decoding process(es){accuracy}. "
+        "Decoding the pictures, not the model, sets this pace; the batch endpoints above take "
+        "decoded arrays."
+    )
+
+
 def rollout_section(run: Run) -> str:
     """The hot swap and the shadow (bench/rollout.py), or why they are missing."""
     swap, shadow = run.rollout.get("swap"), run.rollout.get("shadow")
@@ -180,6 +198,10 @@ finished what wrk left in flight, so no setting inherits the previous one's back
 ## In-process ceiling (no HTTP)
 
 {inprocess_section(run)}
+
+## Scoring a folder: `digit-mlops score`
+
+{score_section(run)}
 
 ## Rollout: a hot swap under load, and the shadow's cost
 

@@ -87,6 +87,8 @@ class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     inprocess: dict[str, float] | None = None
     inprocess_error: str | None = None
+    score: dict | None = None  # bench/score.py: digit-mlops score on a folder of PNGs
+    score_error: str | None = None
     problems: list[str] = field(default_factory=list)
     rollout: dict[str, dict] = field(default_factory=dict)  # bench/rollout.py: "swap", "shadow"
 

@@ -10,6 +10,7 @@ BENCH_THREADS (wrk threads, 2), BENCH_BATCH (images per batch request, 1000),
 BENCH_BATCH_CONNECTIONS (2), BENCH_TIMEOUT (wrk request timeout s, 10), BENCH_START_TIMEOUT (s per
 server start, 120), BENCH_MLFLOW (1; 0 skips `mlflow models serve`, for quick A/B runs of our
 service), BENCH_ROLLOUT (1; 0 skips the hot swap and shadow measurements, bench/rollout.py),
+BENCH_SCORE (10000: PNGs `digit-mlops score` reads in process, bench/score.py; 0 skips it),
 BENCH_OUTPUT (bench/RESULTS.md). Our server inherits the caller's DIGIT_* variables
 (e.g. `DIGIT_FAST_LANE=0 BENCH_MLFLOW=0 BENCH_OUTPUT=/tmp/ab.md make bench`); the report lists them.
 """
@@ -52,6 +53,7 @@ class Config:
     start_timeout_s: int
     mlflow: bool
     rollout: bool
+    score_pictures: int
     output: Path
 
     @classmethod
@@ -59,7 +61,7 @@ class Config:
         def num(name: str, default: int) -> int:
             raw = os.environ.get(name, "").strip()
             value = int(raw) if raw else default
-            if value < 0 or (value == 0 and name != "BENCH_WARMUP"):
+            if value < 0 or (value == 0 and name not in ("BENCH_WARMUP", "BENCH_SCORE")):
                 raise SystemExit(f"bench: {name}={raw} must be a positive whole number")
             return value
 
@@ -75,6 +77,7 @@ class Config:
             start_timeout_s=num("BENCH_START_TIMEOUT", 120),
             mlflow=os.environ.get("BENCH_MLFLOW", "1").strip() != "0",
             rollout=os.environ.get("BENCH_ROLLOUT", "1").strip() != "0",
+            score_pictures=num("BENCH_SCORE", 10_000),
             output=Path(os.environ.get("BENCH_OUTPUT") or ROOT / "bench" / "RESULTS.md"),
         )
 
@@ -365,6 +368,24 @@ def bench_inprocess(cfg: Config, champ: Champion, run: Run) -> None:
     )
 
 
+def bench_score(cfg: Config, champ: Champion, run: Run) -> None:
+    """`digit-mlops score` in process on a folder of PNGs (bench/score.py): the files path, beside
+    the batch endpoints' figures."""
+    print(f"==> digit-mlops score on {cfg.score_pictures:,} PNGs, in process", flush=True)
+    argv = [sys.executable, "-m", "bench.score", "--n", str(cfg.score_pictures)]
+    env = {**os.environ, "DIGIT_MODEL_TAG": champ.bento_tag}
+    proc = subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        run.score_error = f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"
+        run.problems.append(f"digit-mlops score measurement failed: {run.score_error}")
+        return
+    run.score = json.loads(lines[-1])
+    print(f"    {lines[0]}", flush=True)
+
+
 def _terminate(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every `finally`: servers stop
 
@@ -391,6 +412,8 @@ def main() -> int:
             if cfg.mlflow:
                 bench_mlflow(cfg, champ, Path(tmp), run)
         bench_inprocess(cfg, champ, run)
+        if cfg.score_pictures:
+            bench_score(cfg, champ, run)
     except load.LoadError as err:
         run.problems.append(str(err))
         print(f"bench: {err}", file=sys.stderr)

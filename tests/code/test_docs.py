@@ -12,7 +12,7 @@ from service.refusals import REASONS
 from tests.helpers import REPO
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
-PAGES = [REPO / "README.md", *DOCS]
+PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *DOCS]
 
 
 def emitted_reasons() -> dict[str, list[str]]:
