@@ -2,7 +2,8 @@
 
 Only the test split is used here, and only here: accuracy and per-class scores, accuracy on slices
 of hard images, calibration (ECE, reliability), and the agreement of the SavedModel and TFLite
-exports with the Keras model. The numbers land in metrics/eval.json (for `dvc metrics`), the plots
+exports with the Keras model; and the accuracy on people's held-out feedback (`people`), when
+there is any. The numbers land in metrics/eval.json (for `dvc metrics`), the plots
 in plots/ (for `dvc plots`), the model card rendered from them in docs/model-card.md
 (pipelines/model_card.py), and everything in the same MLflow run as train.
 """
@@ -30,7 +31,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_supp
 from pipelines import analysis, layout, model_card
 from pipelines.architecture import summary
 from pipelines.atomic import atomic_path, write_json, write_text
-from pipelines.data import load_split
+from pipelines.data import load_feedback, load_split
 from pipelines.export import export_all
 from pipelines.log import start
 from pipelines.paths import workspace
@@ -96,6 +97,33 @@ def off_distribution(net: keras.Model) -> dict[str, dict]:
             "confident": int((top > model_card.CONFIDENT).sum()),
         }
     return answers
+
+
+def people_scores(net: keras.Model, people: dict[str, np.ndarray]) -> dict:
+    """Accuracy on the held-out feedback (what people drew and labelled), overall and by the
+    registry version that answered them then: how the served model did, and how this one does."""
+    n = len(people["y"])
+    if not n:
+        return {"images": 0}
+    probs = net.predict(people["x"], batch_size=1000, verbose=0)
+    y = people["y"].astype(np.int64)
+    right = probs.argmax(axis=1) == y
+    eps = np.finfo(np.float32).eps
+    by_version = {}
+    for served in sorted(set(people["model_version"].tolist())):
+        mine = people["model_version"] == served
+        by_version[served] = {
+            "images": int(mine.sum()),
+            "accuracy": float(right[mine].mean()),  # this model
+            "served_accuracy": float((people["answered"][mine] == y[mine]).mean()),  # then
+        }
+    return {
+        "images": n,
+        "accuracy": float(right.mean()),
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(n), y], eps, 1.0)))),
+        "served_accuracy": float((people["answered"] == y).mean()),
+        "by_version": by_version,
+    }
 
 
 def split_sizes() -> dict[str, int]:
@@ -184,6 +212,12 @@ def log_run(
         mlflow.log_metrics(
             {f"export_agreement_{k}": v for k, v in result["export_agreement"].items()}
         )
+        people = result["people"]
+        mlflow.log_metric("people_images", people["images"])
+        if people["images"]:
+            mlflow.log_metrics(
+                {"people_accuracy": people["accuracy"], "people_loss": people["loss"]}
+            )
         for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/{name}")
         mlflow.log_dict(
@@ -211,6 +245,7 @@ def main() -> None:
     result["ece"] = analysis.expected_calibration_error(table)
     result["slices"], result["slice_thresholds"] = analysis.slice_accuracy(x_test, y_true, y_pred)
     result["export_agreement"] = export_all(net, x_test, y_pred, ws)
+    result["people"] = people_scores(net, load_feedback(layout.PEOPLE))
 
     with atomic_path(ws / layout.CONFUSION) as tmp:
         rows = np.column_stack([y_test, y_pred])

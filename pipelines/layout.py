@@ -11,10 +11,14 @@ from pathlib import Path
 
 # fetch
 RAW = Path("data/raw/mnist.npz")
+# feedback: what people told the page, exported from the feedback database
+FEEDBACK = Path("data/feedback/feedback.npz")
 # prepare
 PREPARED = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 STATS = PREPARED / "stats.json"
+FEEDBACK_TRAIN = PREPARED / "feedback_train.npz"  # the feedback share that trains
+PEOPLE = PREPARED / "people.npz"  # the held-out feedback: the "people" evaluation set
 # train
 MODEL = Path("models/model.keras")
 RUN_INFO = Path("models/mlflow_run.json")

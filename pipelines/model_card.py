@@ -40,6 +40,7 @@ class Lineage:
     params_hash: str = "unknown"
     data_hash: str = "unknown"
     data_md5: dict[str, str] = field(default_factory=dict)
+    feedback_hash: str = "unknown"
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Lineage:
@@ -53,6 +54,7 @@ class Lineage:
             params_hash=tags.get("params_hash", "unknown"),
             data_hash=tags.get("data_hash", "unknown"),
             data_md5=md5 if isinstance(md5, dict) else {},
+            feedback_hash=tags.get("feedback_hash", "unknown"),
         )
 
 
@@ -89,12 +91,13 @@ def render(
         _title(evaluation),
         _intended_use(),
         _not_for(non_digits),
-        _data(params, lineage, splits),
+        _data(params, lineage, splits, training, evaluation),
         _architecture(architecture),
         _recipe(params.train, params.seed, training),
         _metrics(evaluation),
         _per_class(evaluation),
         _slices(evaluation),
+        _people(evaluation),
         _calibration(evaluation, reliability, params.evaluate.calibration_bins),
         _exports(evaluation),
         _limitations(evaluation, training, confusions, non_digits),
@@ -170,8 +173,16 @@ def _source(params: Params) -> str:
     return f"MNIST's IDX files in `{data.path}`"
 
 
-def _data(params: Params, lineage: Lineage, splits: Mapping[str, int]) -> list[str]:
+def _data(
+    params: Params,
+    lineage: Lineage,
+    splits: Mapping[str, int],
+    training: Mapping,
+    evaluation: Mapping,
+) -> list[str]:
     train, val, test = splits["train"], splits["val"], splits["test"]
+    trained_on = training.get("feedback_images", 0)
+    held_out = evaluation.get("people", {}).get("images", 0)
     lines = [
         "## Data",
         "",
@@ -189,6 +200,10 @@ def _data(params: Params, lineage: Lineage, splits: Mapping[str, int]) -> list[s
         f"- Params hash `{lineage.params_hash}`: sha256 of the params training read (`seed`, "
         "`train`, `mlflow`) as canonical JSON.",
         f"- Data hash `{lineage.data_hash}`: sha256 of the prepared arrays' contents.",
+        f"- People's feedback (stage `feedback`, docs/feedback.md): {trained_on:,} corrections "
+        f"from the page trained with weight {params.train.feedback_weight:g}, {held_out:,} held "
+        "out as the people set"
+        + (f"; feedback hash `{lineage.feedback_hash}`." if trained_on or held_out else "."),
     ]
     if lineage.data_md5:
         lines += [
@@ -332,6 +347,32 @@ def _slices(ev: Mapping) -> list[str]:
         label, rule = _slice_label(name, ev["slice_thresholds"])
         gap = 100 * (s["accuracy"] - overall)
         lines.append(f"| {label} | {rule} | {s['n']:,} | {pct(s['accuracy'])} | {gap:+.2f} pt |")
+    return lines
+
+
+def _people(ev: Mapping) -> list[str]:
+    people = ev.get("people", {"images": 0})
+    if not people["images"]:
+        return [
+            "### On people's data",
+            "",
+            "No held-out feedback yet: the page's corrections become this set (docs/feedback.md).",
+        ]
+    lines = [
+        "### On people's data",
+        "",
+        f"{people['images']:,} held-out drawings and pictures people sent from the page with "
+        f"their label: accuracy {pct(people['accuracy'])} (the official test set: "
+        f"{pct(ev['accuracy'])}); the versions that answered them then were right on "
+        f"{pct(people['served_accuracy'])}.",
+        "",
+        "| answered by | images | then | this model |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for version, v in people["by_version"].items():
+        lines.append(
+            f"| v{version} | {v['images']:,} | {pct(v['served_accuracy'])} | {pct(v['accuracy'])} |"
+        )
     return lines
 
 

@@ -63,6 +63,9 @@ class Prepare(_Strict):
     val_fraction: Fraction
     min_class_fraction: Fraction
     max_class_fraction: Fraction
+    # Share of the people's feedback rows that trains (chosen per row by a seeded hash of its
+    # key, so a row never moves when more arrive); the rest is the held-out "people" set.
+    feedback_train_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
 
 
 class Augment(_Strict):
@@ -93,6 +96,8 @@ class Train(_Strict):
     dense_units: Annotated[int, Field(ge=0)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     augment: Augment = Augment()
+    # Sample weight of a feedback row in the loss (an MNIST row weighs 1); 0 leaves them out.
+    feedback_weight: Annotated[float, Field(ge=0.0, le=100.0)] = 2.0
     verbose: Literal[0, 1, 2] = 2
 
     @model_validator(mode="after")
@@ -110,6 +115,12 @@ class Evaluate(_Strict):
 class Register(_Strict):
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    # "Not worse on people's data": with at least people_min_images held-out feedback images, a
+    # new version whose accuracy on them is more than people_tolerance below the champion's (on
+    # the same images) stays a challenger.
+    people_gate: bool = True
+    people_min_images: Annotated[int, Field(ge=1)] = 100
+    people_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
 
 
 class Mlflow(_Strict):

@@ -1,4 +1,5 @@
-"""Stage 2, prepare: validate the raw data, split off a stratified validation set, write stats.
+"""Stage 2, prepare: validate the raw data, split off a stratified validation set, write stats;
+split people's feedback into a training share and the held-out "people" evaluation set.
 
 Bad data stops here with every problem listed, before any training time is spent; the previous
 prepared files stay as they were because nothing is written until validation passes.
@@ -13,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from common.drift import REFERENCE_KEY, reference
+from common.feedback_store import EXPORT_KEYS
 from common.image import SHAPE
 from pipelines import layout
 from pipelines.atomic import save_npz, write_json
@@ -110,6 +112,46 @@ def validate(raw: Mnist, min_class_fraction: float, max_class_fraction: float) -
     return Mnist(x_train, y_train, x_test, y_test)
 
 
+def validate_feedback(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check the feedback export (stage feedback) as strictly as the raw data, listing all."""
+    problems: list[str] = []
+    missing = [k for k in EXPORT_KEYS if k not in arrays]
+    if missing:
+        raise DataValidationError(f"{layout.FEEDBACK} lacks {missing}: rerun the feedback stage")
+    x = _check_images("feedback x", np.asarray(arrays["x"]), problems)
+    y = _check_labels(
+        "feedback y", np.asarray(arrays["y"]), None if x is None else len(x), problems
+    )
+    n = len(arrays["y"])
+    for k in EXPORT_KEYS:
+        if len(arrays[k]) != n:
+            problems.append(f"feedback {k}: {len(arrays[k])} rows for {n} labels")
+    keys = np.asarray(arrays["key"])
+    if len(np.unique(keys)) != len(keys):
+        problems.append("feedback key: the same prediction id twice (a replay got through)")
+    if problems:
+        raise DataValidationError("the feedback failed validation:\n  - " + "\n  - ".join(problems))
+    return {**arrays, "x": x, "y": y}
+
+
+def people_share(keys: np.ndarray, seed: int) -> np.ndarray:
+    """Each row's fixed place in [0, 1) by a seeded hash of its key (the prediction id's
+    signature): whether it trains depends on the row alone, not on what else arrived."""
+    digests = [hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest() for k in keys]
+    return np.array([int.from_bytes(d, "big") / 2**64 for d in digests], np.float64)
+
+
+def split_feedback(
+    arrays: dict[str, np.ndarray], train_share: float, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the rows that train, the held-out "people" rows), every array split alike."""
+    trains = people_share(arrays["key"], seed) < train_share
+    return (
+        {k: np.asarray(v)[trains] for k, v in arrays.items()},
+        {k: np.asarray(v)[~trains] for k, v in arrays.items()},
+    )
+
+
 def split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
     """Seeded split that keeps each digit's share the same in train and validation."""
     return train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
@@ -142,15 +184,23 @@ def main() -> None:
         data = validate(
             load_npz(ws / layout.RAW), p.prepare.min_class_fraction, p.prepare.max_class_fraction
         )
+        with np.load(ws / layout.FEEDBACK, allow_pickle=False) as npz:
+            feedback = validate_feedback(dict(npz))
     except (DataSourceError, DataValidationError) as err:
         fail("prepare", err)
+    except (OSError, ValueError) as err:
+        fail("prepare", DataValidationError(f"{layout.FEEDBACK} is unreadable: {err}"))
     x_tr, x_val, y_tr, y_val = split(data.x_train, data.y_train, p.prepare.val_fraction, p.seed)
     save_npz(ws / layout.split("train"), x=x_tr, y=y_tr)
     save_npz(ws / layout.split("val"), x=x_val, y=y_val)
     save_npz(ws / layout.split("test"), x=data.x_test, y=data.y_test)
     write_json(ws / layout.STATS, stats(x_tr, y_tr))
+    trains, people = split_feedback(feedback, p.prepare.feedback_train_share, p.seed)
+    save_npz(ws / layout.FEEDBACK_TRAIN, **trains)
+    save_npz(ws / layout.PEOPLE, **people)
     print(
-        f"prepare: train {len(y_tr)}, val {len(y_val)}, test {len(data.y_test)} "
+        f"prepare: train {len(y_tr)}, val {len(y_val)}, test {len(data.y_test)}; feedback "
+        f"{len(trains['y'])} to train, {len(people['y'])} held out as people's "
         f"→ {layout.PREPARED}/",
         file=sys.stderr,
     )

@@ -11,6 +11,12 @@ version that is not retired, that version is champion and newcomers stay challen
 Whenever the alias moves forward, the new champion is tagged `previous_champion` with the one it
 replaced: the history a rollback walks back (pipelines/champion.py).
 
+"Not worse on people's data" (`register.people_gate`): once the held-out feedback set holds at
+least `register.people_min_images` images, the champion is scored on the same images, and a new
+version more than `register.people_tolerance` below it there is tagged `people_gate` "held back:
+..." and is never eligible, however well it does on the official test set. Without enough
+feedback nothing is loaded and the gate is as it always was.
+
 Race-free without a lock: two registers at once (`dvc queue start -j 2`, two teammates) may both
 write the alias, but each one, after every write, reads the registry again and writes again until
 the alias is on the best version it can see. The last writer therefore checks after its write,
@@ -33,6 +39,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import mlflow
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -40,6 +47,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import layout
 from pipelines.atomic import write_json
 from pipelines.log import start
+from pipelines.params import Register
 from pipelines.paths import workspace
 from pipelines.tracking import LINEAGE_TAGS, connect, read_json
 
@@ -47,6 +55,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 RETIRED = "retired"  # a version tag: never champion again (set by a rollback)
 PREVIOUS = "previous_champion"  # a version tag: the champion it replaced
 PIN = "champion_pin"  # a registered-model tag: the version a person chose
+PEOPLE_GATE = "people_gate"  # a version tag: "passed: ..." or "held back: ..." (never champion)
+HELD_BACK = "held back"
 SETTLE_ROUNDS = 50  # writes one register may make before it gives up (two racing need two or three)
 
 
@@ -100,7 +110,8 @@ def eligible(client: MlflowClient, name: str, min_accuracy: float) -> list[Candi
     out = []
     for mv in all_versions(client, name):
         acc = mv.tags.get("test_accuracy")
-        if acc is not None and float(acc) >= min_accuracy and RETIRED not in mv.tags:
+        held = mv.tags.get(PEOPLE_GATE, "").startswith(HELD_BACK)
+        if acc is not None and float(acc) >= min_accuracy and RETIRED not in mv.tags and not held:
             out.append(Candidate(float(acc), int(mv.version)))
     now = champion_of(client, name)
     if now is not None and RETIRED not in now.tags:
@@ -193,11 +204,55 @@ def register(client: MlflowClient, name: str, model_uri: str, tags: dict[str, st
     return str(mv.version)
 
 
+def people_verdict(mine: float, champion: float, images: int, tolerance: float) -> str:
+    """The gate's words on a new version's people accuracy against the champion's."""
+    facts = f"{mine:.4f} on {images:,} people's images against the champion's {champion:.4f}"
+    if mine < champion - tolerance:
+        return f"{HELD_BACK}: {facts}, more than register.people_tolerance {tolerance} below"
+    return f"passed: {facts}"
+
+
+def champion_on_people(client: MlflowClient, name: str, version: int) -> tuple[str, float] | None:
+    """(the champion's version, its accuracy on the held-out people set); None without another
+    champion. Loads the champion's logged model (TensorFlow: only when the gate applies)."""
+    now = champion_of(client, name)
+    if now is None or int(now.version) == version:
+        return None
+    import mlflow.keras
+
+    from pipelines.data import load_feedback
+
+    people = load_feedback(layout.PEOPLE)
+    net = mlflow.keras.load_model(f"models:/{name}/{now.version}")
+    probs = net.predict(people["x"], batch_size=1000, verbose=0)
+    return now.version, float(np.mean(probs.argmax(axis=1) == people["y"]))
+
+
+def people_gate(
+    client: MlflowClient, name: str, version: int, people: dict, gate: Register
+) -> str | None:
+    """Apply "not worse on people's data" to `version` (tagging it); None where it does not apply
+    (off, too little feedback, no other champion)."""
+    if not gate.people_gate or people.get("images", 0) < gate.people_min_images:
+        return None
+    theirs = champion_on_people(client, name, version)
+    if theirs is None:
+        return None
+    verdict = (
+        people_verdict(people["accuracy"], theirs[1], people["images"], gate.people_tolerance)
+        + f" (v{theirs[0]})"
+    )
+    client.set_model_version_tag(name, str(version), PEOPLE_GATE, verdict)
+    return verdict
+
+
 def main() -> None:
     p = start("register")
     ws = workspace()
     logged = read_json(ws / layout.LOGGED_MODEL)
-    accuracy = float(read_json(ws / layout.EVAL_METRICS)["accuracy"])
+    evaluation = read_json(ws / layout.EVAL_METRICS)
+    accuracy = float(evaluation["accuracy"])
+    people = evaluation.get("people", {"images": 0})
     name, min_accuracy = p.register.model_name, p.register.min_accuracy
 
     connect(p.mlflow.experiment)
@@ -205,11 +260,19 @@ def main() -> None:
     run = client.get_run(logged["run_id"])
     tags = {k: run.data.tags[k] for k in LINEAGE_TAGS if k in run.data.tags}
     tags |= {"run_id": logged["run_id"], "test_accuracy": f"{accuracy:.6f}"}
+    if people["images"]:
+        tags |= {
+            "people_accuracy": f"{people['accuracy']:.6f}",
+            "people_images": str(people["images"]),
+        }
 
     version = int(register(client, name, logged["model_uri"], tags))
+    verdict = people_gate(client, name, version, people, p.register)
     champion, _ = settle(client, name, min_accuracy)
     promoted = champion is not None and champion.version == version
     why = reason(accuracy, version, min_accuracy, champion)
+    if verdict is not None and verdict.startswith(HELD_BACK):
+        why = f"people's data: {verdict}"
     receipt = {
         "model_name": name,
         "version": version,
@@ -218,6 +281,7 @@ def main() -> None:
         "decision": "promoted to champion" if promoted else "challenger only",
         "reason": why,
         "champion_version": champion.version if champion else None,
+        "people_gate": verdict,
     }
     write_json(ws / layout.RECEIPT, receipt)
     print(f"register: {name} v{version}: {receipt['decision']} ({why})", file=sys.stderr)

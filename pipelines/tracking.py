@@ -42,7 +42,15 @@ def connect(experiment: str) -> str:
 
 
 # What a run carries and register copies to its registry version (JSON where not a plain string).
-LINEAGE_TAGS = ("git_commit", "git_dirty_files", "params_hash", "data_hash", "data_md5")
+LINEAGE_TAGS = (
+    "git_commit",
+    "git_dirty_files",
+    "params_hash",
+    "data_hash",
+    "data_md5",
+    "feedback_hash",
+    "feedback_rows",
+)
 MAX_DIRTY = 50  # files named in git_dirty_files (MLflow caps a tag's value; the count is kept)
 
 
@@ -102,9 +110,16 @@ def dvc_md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def lineage(params: Mapping[str, Any], data: Iterable[np.ndarray], files: Iterable[Path]) -> dict:
+def lineage(
+    params: Mapping[str, Any],
+    data: Iterable[np.ndarray],
+    files: Iterable[Path],
+    feedback: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> dict:
     """The LINEAGE_TAGS of a run trained with `params` on the arrays `data`, read from `files`
-    (paths relative to the workspace, as dvc.lock names them)."""
+    (paths relative to the workspace, as dvc.lock names them), beside people's `feedback`
+    ({share: its arrays}: the rows that trained and the held-out ones) it saw."""
+    feedback = feedback or {}
     commit, dirty = git_state()
     named = dirty[:MAX_DIRTY] + (
         [f"... {len(dirty) - MAX_DIRTY} more"] if len(dirty) > MAX_DIRTY else []
@@ -116,7 +131,19 @@ def lineage(params: Mapping[str, Any], data: Iterable[np.ndarray], files: Iterab
         "params_hash": params_hash(params),
         "data_hash": data_hash(data),
         "data_md5": json.dumps({str(f): dvc_md5(ws / f) for f in files}, sort_keys=True),
+        "feedback_hash": feedback_hash(feedback),
+        "feedback_rows": json.dumps({k: len(v["y"]) for k, v in feedback.items()}, sort_keys=True),
     }
+
+
+def feedback_hash(feedback: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    """sha256 over each feedback share's images, labels and row keys (the prediction ids'
+    signatures): which feedback, exactly, a run trained on and was measured on."""
+    return data_hash(
+        a
+        for _, arrays in sorted(feedback.items())
+        for a in (arrays["x"], arrays["y"], arrays["key"])
+    )
 
 
 def data_hash(arrays: Iterable[np.ndarray]) -> str:

@@ -27,7 +27,7 @@ from common import cpu
 from pipelines import layout, resume
 from pipelines import model as model_mod
 from pipelines.atomic import atomic_path, write_json, write_text
-from pipelines.data import load_split
+from pipelines.data import load_feedback, load_split
 from pipelines.epoch_log import EpochMetrics, patiently
 from pipelines.log import start
 from pipelines.paths import workspace
@@ -49,11 +49,19 @@ def dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
 
 
 def epochs_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first: int, last: int
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    first: int,
+    last: int,
+    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Epochs `first`..`last - 1` back to back, each shuffled with its own seed (seed, epoch):
-    epoch k sees the same batches whether the run started at 0 or resumed at k."""
-    base = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, 10)))
+    epoch k sees the same batches whether the run started at 0 or resumed at k. With `weights`,
+    each image's loss is weighted (feedback rows); without, the data is exactly MNIST's."""
+    columns = (x, tf.one_hot(y, 10)) if weights is None else (x, tf.one_hot(y, 10), weights)
+    base = tf.data.Dataset.from_tensor_slices(columns)
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
         return base.shuffle(len(y), seed=seed * 100_003 + e).batch(batch_size)
@@ -104,20 +112,36 @@ def read_history(path: Path) -> list[dict[str, float]]:
     return [dict(zip(header, map(float, line.split(",")), strict=True)) for line in lines[1:]]
 
 
+def with_feedback(
+    x: np.ndarray, y: np.ndarray, feedback: dict[str, np.ndarray], weight: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The training images with the feedback share appended, and the loss weights (None: no
+    feedback to add, so training is exactly what it was without the loop)."""
+    if not len(feedback["y"]) or weight == 0:
+        return x, y, None
+    weights = np.concatenate(
+        [np.ones(len(y), np.float32), np.full(len(feedback["y"]), weight, np.float32)]
+    )
+    return (np.concatenate([x, feedback["x"]]), np.concatenate([y, feedback["y"]]), weights)
+
+
 def main() -> None:
     p = start("train")
     ws = workspace()
     (x_tr, y_tr), (x_val, y_val) = load_split("train"), load_split("val")
     x_test, y_test = load_split("test")
+    feedback, people = load_feedback(layout.FEEDBACK_TRAIN), load_feedback(layout.PEOPLE)
+    x_fit, y_fit, weights = with_feedback(x_tr, y_tr, feedback, p.train.feedback_weight)
     make_deterministic(p.seed)
-    steps_per_epoch = -(-len(y_tr) // p.train.batch_size)
+    steps_per_epoch = -(-len(y_fit) // p.train.batch_size)
     net, trainer = model_mod.build(p.train, seed=p.seed)
     model_mod.compile_for_training(trainer, p.train, steps_per_epoch)
     macs = model_mod.forward_macs(net)
-    files = [layout.split(name) for name in layout.SPLITS]
+    files = [layout.split(name) for name in layout.SPLITS] + [layout.FEEDBACK_TRAIN, layout.PEOPLE]
     trained_by = p.model_dump(include=TRAIN_PARAMS)  # the params dvc.yaml gives this stage
-    tags = lineage(trained_by, [x_tr, y_tr, x_val, y_val, x_test, y_test], files)
-    hashed = tags["data_hash"]
+    data = [x_tr, y_tr, x_val, y_val, x_test, y_test]
+    tags = lineage(trained_by, data, files, feedback={"train": feedback, "people": people})
+    hashed = tags["data_hash"] + tags["feedback_hash"]
     backup = resume.Backup(
         ws,
         resume.key(
@@ -167,7 +191,7 @@ def main() -> None:
         )
         started = time.perf_counter()
         trainer.fit(
-            epochs_dataset(x_tr, y_tr, p.train.batch_size, p.seed, first, last),
+            epochs_dataset(x_fit, y_fit, p.train.batch_size, p.seed, first, last, weights),
             validation_data=dataset(x_val, y_val, 1000),
             epochs=last,
             initial_epoch=first,
@@ -194,8 +218,9 @@ def main() -> None:
             "val_loss_last_epoch": final["val_loss"],
             "parameters": int(net.count_params()),
             "forward_macs_per_image": macs,
-            "train_images": len(y_tr),
-            "train_compute_macs": float(epochs_run * len(y_tr) * macs),
+            "train_images": len(y_fit),
+            "feedback_images": len(y_fit) - len(y_tr),  # of them, people's (weighted)
+            "train_compute_macs": float(epochs_run * len(y_fit) * macs),
             "wall_time_s": round(wall, 2),
             "cpu": cpu.model(),
             "cpu_vector_extensions": " ".join(cpu.vector_extensions()),

@@ -122,6 +122,35 @@ REFERENCE_IMAGES = Gauge(
     ["model_version"],
     multiprocess_mode="max",
 )
+# The feedback loop (service/feedback.py): what people said about the answers, so monitoring can
+# compare the live accuracy of each version with the test accuracy its card states.
+FEEDBACK = Counter(
+    "digit_feedback",
+    "Feedback rows stored, by the digit answered, the person's label ('none': not sure), model "
+    "version and whether the answer was right (yes, no; unknown when not sure)",
+    ["answered", "label", "model_version", "correct"],
+)
+FEEDBACK_REVIEWS = Counter(
+    "digit_feedback_reviews",
+    "Helpers' labels of queued feedback rows, by label and the version that answered",
+    ["label", "model_version"],
+)
+MODEL_TEST_ACCURACY = Gauge(
+    "digit_model_test_accuracy",
+    "The served model's test accuracy as its card states it (champion and challenger)",
+    ["model_version"],
+    multiprocess_mode="max",
+)
+FEEDBACK_ROWS = Gauge(
+    "digit_feedback_rows",
+    "Rows in the feedback table when a worker opened it, then after each insert it made",
+    multiprocess_mode="max",
+)
+FEEDBACK_MAX_ROWS = Gauge(
+    "digit_feedback_max_rows",
+    "Rows the feedback table may hold (DIGIT_FEEDBACK_MAX_ROWS), then 507",
+    multiprocess_mode="max",
+)
 
 
 def observe_batch(batch: Batch) -> None:
@@ -178,6 +207,30 @@ def export_reference(reference: DriftReference, model_version: str) -> None:
 def serving(info, role: str, on: bool = True) -> None:
     """Say which model this worker serves in `role` (digit_model_info 1), or no longer (0)."""
     MODEL_INFO.labels(info.name, info.version, info.run_id, info.bento_tag, role).set(int(on))
+
+
+def model_accuracy(info) -> None:
+    """Publish a served model's official test accuracy, under its version."""
+    MODEL_TEST_ACCURACY.labels(info.version).set(info.test_accuracy)
+
+
+def feedback_stored(answered: int, label: int | None, model_version: str, rows: int) -> None:
+    """Count one stored feedback row; `rows`: the table's rows after it."""
+    correct = "unknown" if label is None else ("yes" if label == answered else "no")
+    label_name = "none" if label is None else str(label)
+    FEEDBACK.labels(str(answered), label_name, model_version, correct).inc()
+    FEEDBACK_ROWS.set(rows)
+
+
+def feedback_table(rows: int | None, max_rows: int) -> None:
+    """The table's size (None: not known yet) and its limit, at start."""
+    FEEDBACK_MAX_ROWS.set(max_rows)
+    if rows is not None:
+        FEEDBACK_ROWS.set(rows)
+
+
+def feedback_reviewed(label: int, model_version: str) -> None:
+    FEEDBACK_REVIEWS.labels(str(label), model_version).inc()
 
 
 def reload(role: str, outcome: str) -> None:

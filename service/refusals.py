@@ -98,9 +98,40 @@ REASONS: dict[str, Reason] = {
         "the worker already holds `DIGIT_MAX_CONNECTIONS` connections: answered at accept, "
         "with `Retry-After`",
     ),
+    # feedback (service/feedback.py)
+    "bad_label": Reason(
+        400,
+        "a feedback `label` that is not a whole number 0-9 or null (booleans and strings are "
+        'refused), or null ("not sure") for an answer at least `DIGIT_FEEDBACK_QUEUE_BELOW` '
+        "confident",
+    ),
+    "bad_prediction_id": Reason(
+        400,
+        "a `prediction_id` that is malformed, or does not sign these pixels, digit, version, time "
+        "and confidence (forged or altered)",
+    ),
+    "expired_prediction": Reason(
+        410, "a `prediction_id` older than `DIGIT_FEEDBACK_MAX_AGE_S`: predict again"
+    ),
+    "duplicate_feedback": Reason(409, "feedback for this prediction is stored already"),
+    "not_queued": Reason(
+        404, "a review of a row that is unknown, not in the help-label queue, or reviewed already"
+    ),
+    "rate_limited": Reason(
+        429,
+        "this client stored `DIGIT_FEEDBACK_PER_CLIENT` rows (or reviews) within "
+        "`DIGIT_FEEDBACK_WINDOW_S` (with `Retry-After`)",
+    ),
+    "feedback_full": Reason(507, "the feedback table holds `DIGIT_FEEDBACK_MAX_ROWS` rows"),
+    "feedback_unavailable": Reason(
+        503, "the feedback database cannot be reached now (with `Retry-After`)"
+    ),
+    "feedback_off": Reason(404, "the feedback loop is switched off (`DIGIT_FEEDBACK=0`)"),
     # the service
     "overloaded": Reason(
-        503, "more than `DIGIT_MAX_QUEUE` images already waiting (with `Retry-After`)"
+        503,
+        "more than `DIGIT_MAX_QUEUE` images already waiting, or `DIGIT_MAX_WAITING` pictures, "
+        "explanations or feedback writes per worker (with `Retry-After`)",
     ),
 }
 
@@ -108,22 +139,25 @@ REASONS: dict[str, Reason] = {
 class Rejected(ValueError):
     """Bad input the caller can fix: a reason from REASONS and a message saying what to change.
 
-    str(exc) is the message; `status` is the reason's HTTP status.
+    str(exc) is the message; `status` is the reason's HTTP status; `retry_after` (seconds), when
+    given, becomes the `Retry-After` header (a 503 without one says RETRY_AFTER_S).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.status = REASONS[reason].status
+        self.retry_after = retry_after
 
-    def __reduce__(self) -> tuple[type[Rejected], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[Rejected], tuple[str, str, int | None]]:
         # the default would rebuild it from `message` alone and fail (e.g. across processes)
-        return (type(self), (self.reason, self.message))
+        return (type(self), (self.reason, self.message, self.retry_after))
 
 
 def usage_hints(max_batch: int) -> dict[str, str]:
-    """Per prediction path, one line saying how to send a request it takes."""
+    """Per POST path (predictions, explanations, feedback), one line saying how to send a request
+    it takes."""
     return {
         "/predict": 'Send JSON {"image": <28 lists of 28 numbers 0-255, white ink on black>}.',
         "/predict_batch": 'Send JSON {"images": [<28×28 array>, ...]} with at most '
@@ -136,4 +170,9 @@ def usage_hints(max_batch: int) -> dict[str, str]:
         "canvas.toDataURL() gives it.",
         "/explain": 'Send JSON {"image": <28 lists of 28 numbers 0-255>}, e.g. the "seen" field '
         "of a /predict_image or /predict_canvas reply.",
+        "/feedback": 'Send JSON {"seen": ..., "answered": <digit>, "label": <0-9, or null: not '
+        'sure>, "model_version": ..., "prediction_id": ...} with seen, digit, model_version and '
+        "prediction_id as a /predict_canvas or /predict_image reply gave them.",
+        "/feedback/review": 'Send JSON {"id": <an item id from GET /feedback/queue>, "label": '
+        "<0-9>}.",
     }

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field, Strict
 
 from common.card import Architecture, ModelCard
+from common.feedback_store import MAX_VERSION
 from common.image import SIDE
 
 Scale = Literal["0-255", "0-1"]
@@ -32,6 +33,11 @@ class Prediction(BaseModel):
 class SeenPrediction(Prediction):
     seen: list[list[int]] = Field(
         description="The 28×28 pixels (0-255, white ink on black) the model saw after preprocessing"
+    )
+    prediction_id: str | None = Field(
+        None,
+        description="Signs this answer (seen, digit, model_version, time, confidence) for POST "
+        "/feedback; null when the feedback loop is off",
     )
 
 
@@ -132,6 +138,52 @@ class Explanation(BaseModel):
     saliency: list[list[int]] = Field(
         description="28×28, 0-255: |d probability / d pixel|, the pixels that would move it most"
     )
+
+
+# The feedback loop (service/feedback.py). Strict like Pixel: JSON integers only.
+SeenPixel = Annotated[int, Strict(), Field(ge=0, le=255)]
+SeenGrid = Annotated[
+    list[Annotated[list[SeenPixel], Field(min_length=SIDE, max_length=SIDE)]],
+    Field(min_length=SIDE, max_length=SIDE),
+]
+Digit = Annotated[int, Strict(), Field(ge=0, le=9)]
+Version = Annotated[str, Field(min_length=1, max_length=MAX_VERSION)]
+PREDICTION_ID = r"^(0|[1-9][0-9]{0,11})\.(0|[1-9][0-9]{0,6})\.[0-9a-f]{64}$"
+
+
+class FeedbackStored(BaseModel):
+    stored: bool = Field(description="Always true: the row is in the feedback database")
+    id: int = Field(description="The row's id")
+    label: int | None = Field(description="The label stored (null: not sure, queued for a helper)")
+    correct: bool | None = Field(description="Whether the answer was the label (null: not sure)")
+    model_version: str = Field(description="The registry version that answered")
+
+
+class Reviewed(BaseModel):
+    reviewed: int = Field(description="The row a helper labelled")
+    label: int
+
+
+class FeedbackInfo(BaseModel):
+    enabled: bool = Field(description="Whether POST /feedback takes feedback (DIGIT_FEEDBACK)")
+    queue_below: float = Field(
+        description="Answers less confident than this may be sent as not sure (label null)"
+    )
+    max_age_s: float = Field(description="How long a prediction_id may be used")
+
+
+class QueueItem(BaseModel):
+    id: int
+    seen: list[list[int]] = Field(description="The 28×28 the model saw")
+    answered: int
+    confidence: float
+    label: int | None = Field(description="The sender's label (null: not sure)")
+    model_version: str
+
+
+class FeedbackQueue(BaseModel):
+    below: float = Field(description="Only answers less confident than this are queued")
+    items: list[QueueItem]
 
 
 # Reply builders: the model's probabilities (n, 10) and the registry version that answered; each

@@ -6,8 +6,9 @@ the store names and swaps a newly packaged one in between two batches (service/w
 challenger packaged beside it can answer a share of requests (canary) or run in the shadow.
 Requests become model input in `service/inputs/`, all model calls go through one `MicroBatcher`,
 and every refusal is a `Rejected` from `service/refusals.py` (a 4xx with a message saying what to
-fix, counted by reason) answered here or by the ASGI layers in `service/http/`. Knobs:
-`service/settings.py`.
+fix, counted by reason) answered here or by the ASGI layers in `service/http/`. Answers to
+pictures carry a signed `prediction_id`, and `POST /feedback` stores what a person says about one
+(service/feedback.py owns the feedback database). Knobs: `service/settings.py`.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import bentoml
 import numpy as np
 from pydantic import Field
+from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from service import metrics, models
+from service import feedback, metrics, models
 from service.batcher import CHALLENGER, CHAMPION, MicroBatcher, Overloaded
 from service.explain import explain as explain_image
 from service.forward import set_threads
 from service.http import fastlane
+from service.http.asgi import error_response
 from service.http.bodies import endpoint_bodies
 from service.http.exposure import Exposure
 from service.http.guard import CHECKED, Guard
@@ -52,15 +55,24 @@ from service.sandbox import Sandbox, Slots
 from service.schemas import (
     GRID_DOC,
     MODEL_CARD_PATH,
+    PREDICTION_ID,
     SCALE_DOC,
     BatchPrediction,
+    Digit,
     Explanation,
+    FeedbackInfo,
+    FeedbackQueue,
+    FeedbackStored,
     Grid,
     ModelInfo,
     Prediction,
+    QueueItem,
+    Reviewed,
     Rollout,
     Scale,
+    SeenGrid,
     SeenPrediction,
+    Version,
     batch_prediction,
     prediction,
     seen_prediction,
@@ -79,6 +91,8 @@ LIMITS = SETTINGS.limits
 install_limits(SETTINGS)  # uvicorn's protocol, with head and connection limits
 Pixels = Annotated[Grid, Field(description=GRID_DOC)]
 ScaleField = Annotated[Scale, Field(description=SCALE_DOC)]
+QUEUE_HINT = "GET /feedback/queue?limit=N (1-50) lists what helpers may label."
+OPEN_WAIT_S = 10  # how long a starting worker waits for the feedback database before serving
 
 
 @bentoml.asgi_app(page_app, path="/")
@@ -195,6 +209,47 @@ class DigitClassifier:
         ctx.response.headers["X-Model-Version"] = served.version
         return answer
 
+    @bentoml.api
+    async def feedback(
+        self,
+        seen: Annotated[SeenGrid, Field(description="The reply's `seen`, unchanged")],
+        answered: Annotated[Digit, Field(description="The reply's `digit`")],
+        label: Annotated[
+            Digit | None,
+            Field(description="The digit it really is; null: not sure, ask a helper"),
+        ],
+        model_version: Annotated[Version, Field(description="The reply's `model_version`")],
+        prediction_id: Annotated[
+            str, Field(description="The reply's `prediction_id`", pattern=PREDICTION_ID)
+        ],
+        ctx: bentoml.Context = None,
+    ) -> FeedbackStored:
+        """Say whether an answer of /predict_canvas or /predict_image was right: stores the 28×28
+        it saw and your label in the feedback database (HTTP 201)."""
+        try:
+            loop = self._feedback_on()
+            x = np.asarray(seen, np.uint8)
+            args = (x, answered, label, model_version, prediction_id, _peer(ctx.request))
+            stored = await loop.add(*args)
+        except Rejected as exc:
+            return self._refuse("feedback", exc, ctx)
+        ctx.response.status_code = 201
+        return FeedbackStored(**stored)
+
+    @bentoml.api(route="/feedback/review")
+    async def feedback_review(
+        self,
+        id: Annotated[int, Field(ge=1, description="A GET /feedback/queue item's id")],
+        label: Annotated[Digit, Field(description="The digit it is")],
+        ctx: bentoml.Context = None,
+    ) -> Reviewed:
+        """A helper's label for a drawing in the help-label queue (first label wins)."""
+        try:
+            await self._feedback_on().review(id, label, _peer(ctx.request))
+        except Rejected as exc:
+            return self._refuse("feedback/review", exc, ctx)
+        return Reviewed(reviewed=id, label=label)
+
     @page_app.get("/", include_in_schema=False)
     def page(self) -> FileResponse:
         """The web page: draw or upload a digit, see what the model sees and why."""
@@ -221,6 +276,44 @@ class DigitClassifier:
         )
         return self.champion.info.model_copy(update={"rollout": rollout})
 
+    @page_app.get("/feedback", response_model=FeedbackInfo)
+    def feedback_info(self) -> FeedbackInfo:
+        """Whether this service takes feedback, and for which answers "not sure" is allowed (the
+        page reads it at load)."""
+        if self.feedback_loop is None:
+            return FeedbackInfo(
+                enabled=False,
+                queue_below=SETTINGS.feedback_queue_below,
+                max_age_s=SETTINGS.feedback_max_age_s,
+            )
+        return FeedbackInfo(**self.feedback_loop.info())
+
+    @page_app.get("/feedback/queue", response_model=FeedbackQueue)
+    async def feedback_queue(self, request: Request) -> Response:
+        """Stored drawings the model was unsure of, waiting for a helper's label (guarded like
+        predictions: they are people's drawings)."""
+        try:
+            limit = feedback.queue_limit(request.query_params.get("limit"))
+            items = await self._feedback_on().queue(limit)
+        except Rejected as exc:
+            return _page_refusal("feedback/queue", exc)
+        return JSONResponse(
+            FeedbackQueue(
+                below=SETTINGS.feedback_queue_below,
+                items=[
+                    QueueItem(
+                        id=q.id,
+                        seen=q.seen.tolist(),
+                        answered=q.answered,
+                        confidence=q.confidence,
+                        label=q.label,
+                        model_version=q.model_version,
+                    )
+                    for q in items
+                ],
+            ).model_dump()
+        )
+
     @page_app.get(MODEL_CARD_PATH, response_class=Response)
     def model_card(self) -> Response:
         """The champion's Markdown model card, as evaluate rendered it from its metrics."""
@@ -237,6 +330,8 @@ class DigitClassifier:
 
     def __init__(self) -> None:
         set_threads(SETTINGS.threads, SETTINGS.parallel)
+        # the feedback database opens in its own thread while the model loads
+        self.feedback_loop = feedback.Loop(SETTINGS) if SETTINGS.feedback else None
         self.draining = False
         self.watcher: Watcher | None = None
         # A champion that fails to load or to answer its probe stops the worker, saying why.
@@ -266,6 +361,8 @@ class DigitClassifier:
             fastlane.register(
                 "/predict_batch", functools.partial(self._fast, "predict_batch", batch_prediction)
             )
+        if self.feedback_loop is not None:
+            self.feedback_loop.wait_open(OPEN_WAIT_S)
         # TensorFlow and Keras leave ~400,000 objects that every full collection walked again
         # (~190 ms, a p99 spike): frozen, collections only visit what requests allocate.
         gc.collect()
@@ -277,6 +374,7 @@ class DigitClassifier:
 
     def _announce(self, role: str, served: Loaded) -> None:
         metrics.serving(served.info, role)
+        metrics.model_accuracy(served.info)
         if served.card.drift_reference is not None:  # prepare's, when it matched the data
             metrics.export_reference(served.card.drift_reference, served.version)
 
@@ -338,6 +436,8 @@ class DigitClassifier:
         if self.watcher is not None:
             self.watcher.stop()
         self.shadow.close()
+        if self.feedback_loop is not None:
+            self.feedback_loop.close()
 
     def _drain_on_signal(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wrap uvicorn's SIGTERM/SIGINT handler: say "not ready" at once, then (after
@@ -385,7 +485,17 @@ class DigitClassifier:
         except Overloaded as exc:
             return self._refuse(endpoint, Rejected("overloaded", str(exc)), ctx)
         ctx.response.headers["X-Model-Version"] = answer.model.version
-        return reply(answer.outputs, answer.model.version, x)
+        result = reply(answer.outputs, answer.model.version, x)
+        if reply is seen_prediction and self.feedback_loop is not None:
+            result.prediction_id = self.feedback_loop.sign(
+                x[0], result.digit, result.model_version, result.confidence
+            )
+        return result
+
+    def _feedback_on(self) -> feedback.Loop:
+        if self.feedback_loop is None:  # (the FeedbackOff layer answers these paths first)
+            raise Rejected("feedback_off", "this service takes no feedback (DIGIT_FEEDBACK=0)")
+        return self.feedback_loop
 
     def _route(self) -> str:
         """The canary's share of requests goes to the challenger, when one is served."""
@@ -401,8 +511,8 @@ class DigitClassifier:
         ctx.response.status_code = exc.status
         ctx.response.headers["X-Reject-Reason"] = exc.reason
         ctx.response.headers["X-Model-Version"] = self.champion.version
-        if exc.status == 503:
-            ctx.response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        if exc.retry_after is not None or exc.status == 503:
+            ctx.response.headers["Retry-After"] = str(exc.retry_after or RETRY_AFTER_S)
         return JSONResponse({"error": message, "reason": exc.reason})
 
     async def _fast(
@@ -418,10 +528,34 @@ class DigitClassifier:
         return reply(answer.outputs, served.version).model_dump_json().encode(), served.header
 
 
+def _peer(request: Request | None) -> str:
+    """The address the request came from (behind a proxy: the proxy's)."""
+    client = request.client if request is not None else None
+    return client.host if client is not None else "unknown"
+
+
+def _page_refusal(endpoint: str, exc: Rejected) -> Response:
+    """A refusal of a GET route, in the API's shape, counted like the others."""
+    metrics.reject(exc.reason, endpoint)
+    headers, body = error_response(exc, QUEUE_HINT)
+    response = Response(body, status_code=exc.status)
+    response.headers.update({k.decode(): v.decode() for k, v in headers})
+    if exc.retry_after is not None or exc.status == 503:
+        response.headers["Retry-After"] = str(exc.retry_after or RETRY_AFTER_S)
+    return response
+
+
 # Outermost first: the body limit and 4xx rewriting apply to both lanes.
 DigitClassifier.add_asgi_middleware(Recycle, every=SETTINGS.keepalive_requests)
 DigitClassifier.add_asgi_middleware(Restore)  # the path paths.Label set aside
-DigitClassifier.add_asgi_middleware(Exposure, guarded=[*HINTS, "/metrics"], settings=SETTINGS)
+DigitClassifier.add_asgi_middleware(
+    Exposure,
+    guarded=[*HINTS, "/metrics", *feedback.GUARDED],
+    settings=SETTINGS,
+    open_reads=feedback.OPEN_READS,
+)
+if not SETTINGS.feedback:
+    DigitClassifier.add_asgi_middleware(feedback.FeedbackOff)
 DigitClassifier.add_asgi_middleware(
     Guard,
     hints=HINTS,

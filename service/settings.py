@@ -31,7 +31,8 @@ Positive = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0, le=1)]
 Count = Annotated[int, Field(ge=0)]
 MIN_KEY_CHARS = 16  # e.g. `openssl rand -hex 32` gives 64
-SECRETS = {"api_key"}  # never echoed, not even in a settings error
+# never echoed, not even in a settings error (a database URL may hold a password)
+SECRETS = {"api_key", "feedback_secret", "feedback_db"}
 
 
 class Settings(BaseModel):
@@ -110,6 +111,21 @@ class Settings(BaseModel):
     # The key the prediction endpoints and /metrics then require (never printed); with none,
     # they answer loopback arrivals only.
     api_key: SecretStr | None = None
+    # feedback (service/feedback.py, docs/feedback.md): what people say about the answers
+    # `0` turns the loop off: no database is opened, replies carry `prediction_id: null`.
+    feedback: bool = True
+    # A SQLAlchemy URL; None: `feedback.db` in the working directory (common/feedback_store.py).
+    feedback_db: str | None = None
+    # Signs prediction ids; None: the secret kept in the database, shared by every worker.
+    feedback_secret: SecretStr | None = None
+    # A prediction id older than this is refused (410).
+    feedback_max_age_s: Annotated[float, Field(gt=0)] = 3600.0
+    # Rows stored per client per window, then 429; rows the table may hold, then 507.
+    feedback_per_client: Positive = 30
+    feedback_window_s: Annotated[float, Field(gt=0)] = 60.0
+    feedback_max_rows: Positive = 100_000
+    # Answers less confident than this may be sent "not sure" and wait for a helper's label.
+    feedback_queue_below: Annotated[float, Field(gt=0, le=1)] = 0.9
 
     @field_validator("host")
     @classmethod
@@ -123,17 +139,29 @@ class Settings(BaseModel):
             return tuple(name.strip().lower() for name in value.split(",") if name.strip())
         return value
 
-    @field_validator("api_key")
+    @field_validator("api_key", "feedback_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().strip()) < MIN_KEY_CHARS:
-            raise ValueError(f"an API key needs at least {MIN_KEY_CHARS} characters")
+            raise ValueError(f"a key or secret needs at least {MIN_KEY_CHARS} characters")
         return value
+
+    @field_validator("feedback_db")
+    @classmethod
+    def _stripped(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
 
     @property
     def key(self) -> str | None:
         """The API key, or None: no key."""
         return self.api_key.get_secret_value().strip() if self.api_key is not None else None
+
+    @property
+    def signing_secret(self) -> bytes | None:
+        """DIGIT_FEEDBACK_SECRET as bytes, or None: the database's secret signs instead."""
+        if self.feedback_secret is None:
+            return None
+        return self.feedback_secret.get_secret_value().strip().encode()
 
     @property
     def threads(self) -> int:

@@ -29,7 +29,12 @@ def up() -> None:
         f"stores: MLflow tracking server on {s.tracking_uri} (artifacts in {s.artifacts}"
         f"{', basic auth on' if s.auth else ''})"
     )
+    print(
+        f"stores: feedback database {postgres.uri(s, 'feedback')} (for the service and the "
+        "feedback stage: DIGIT_FEEDBACK_DB, with its password, from `python -m stores env`)"
+    )
     print(f"stores: point a shell at them:  export MLFLOW_TRACKING_URI={s.tracking_uri}")
+    print('stores: or at all of them:  eval "$(python -m stores env)"')
 
 
 def down() -> None:
@@ -58,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         elif verb == "down":
             down()
         elif verb == "env":
-            print(f"export MLFLOW_TRACKING_URI={_settings(for_stop=True).tracking_uri}")
+            s = _settings(for_stop=True)
+            print(f"export MLFLOW_TRACKING_URI={s.tracking_uri}")
+            if postgres.running(s):  # its password exists once `up` made the cluster
+                print(f"export DIGIT_FEEDBACK_DB={postgres.feedback_url(s)}")
+            else:
+                print("# the feedback database is down: `python -m stores up` first")
         else:
             return status()
     except StoreError as e:

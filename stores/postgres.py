@@ -19,7 +19,9 @@ from pathlib import Path
 from stores.settings import HOST, Settings
 
 SUPERUSER = "digit"
-DATABASES = ("mlflow", "mlflow_auth")  # runs and registry; basic-auth users and permissions
+# runs and registry; basic-auth users and permissions; what people told the page (the service's
+# DIGIT_FEEDBACK_DB, read by the pipeline's feedback stage)
+DATABASES = ("mlflow", "mlflow_auth", "feedback")
 
 
 class StoreError(RuntimeError):
@@ -173,6 +175,12 @@ def stop(s: Settings) -> None:
 def uri(s: Settings, database: str) -> str:
     """SQLAlchemy URI without the password (libpq takes it from PGPASSWORD)."""
     return f"postgresql+psycopg2://{SUPERUSER}@{HOST}:{s.pg_port}/{database}"
+
+
+def feedback_url(s: Settings) -> str:
+    """The feedback database's SQLAlchemy URL for DIGIT_FEEDBACK_DB, password included: the
+    service and the pipeline connect to it themselves (no server in between, as MLflow has)."""
+    return f"postgresql+psycopg2://{SUPERUSER}:{password(s)}@{HOST}:{s.pg_port}/feedback"
 
 
 def connect(s: Settings, database: str = "postgres"):

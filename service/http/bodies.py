@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.feedback import check_feedback, check_review
 from service.inputs.arrays import json_image, json_images
 from service.inputs.data_urls import check_data_url
 from service.inputs.limits import Limits
 from service.refusals import Rejected
 
 GRID_BODY_BYTES = 256 * 1024  # one 28×28 image as JSON is 2-20 KB, pretty-printed floats ~40 KB
+FEEDBACK_BODY_BYTES = 64 * 1024  # a seen of 784 ints and a few short fields: ~4 KB
 MAX_PARTS = 8  # a file and a few text fields
 MAX_TEXT_PART = 64 * 1024  # a form's text field (BentoML json-decodes each one)
 MAX_FILENAME = 200  # BentoML makes it a temp file's suffix: over ~240 bytes that is a 500
@@ -49,8 +51,9 @@ Body = JsonBody | FormBody
 
 
 def endpoint_bodies(max_batch: int, limits: Limits, max_body: int) -> dict[str, Body]:
-    """Per prediction path, what its body must be (the same paths as `usage_hints`)."""
+    """Per POST path, what its body must be (the same paths as `usage_hints`)."""
     grid = min(GRID_BODY_BYTES, max_body)
+    small = min(FEEDBACK_BODY_BYTES, max_body)
 
     def canvas(fields: dict, _: bool) -> None:
         check_data_url(fields["data_url"], limits)
@@ -68,6 +71,12 @@ def endpoint_bodies(max_batch: int, limits: Limits, max_body: int) -> dict[str, 
         "/explain": JsonBody(("image",), lambda f, _: json_image(f["image"]), grid),
         "/predict_npy": FormBody("array", max_body),
         "/predict_image": FormBody("image", max_body),
+        "/feedback": JsonBody(
+            ("seen", "answered", "label", "model_version", "prediction_id"),
+            lambda f, _: check_feedback(f),
+            small,
+        ),
+        "/feedback/review": JsonBody(("id", "label"), lambda f, _: check_review(f), small),
     }
 
 

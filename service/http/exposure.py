@@ -7,7 +7,8 @@ one JSON shape, counted like every other:
   then read `/model` and `/metrics` as its own origin; the browser still sends that name in
   `Host`. Only localhost, 127.0.0.1 and [::1] (any port) and `DIGIT_ALLOWED_HOSTS` are served
   (`*`: any).
-- **Key**: with `DIGIT_API_KEY` set, the guarded paths (predictions, `/metrics`) want it as
+- **Key**: with `DIGIT_API_KEY` set, the guarded paths (predictions, `/metrics`, and the
+  feedback loop's POSTs and its queue of stored drawings, but not `GET /feedback`) want it as
   `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time, from every
   client, loopback too: a reverse proxy on the same machine arrives on loopback.
 - **Arrival**: with no key set, a guarded request that arrived on a non-loopback local address (the
@@ -127,11 +128,20 @@ def normal_path(path: str) -> str:
 
 
 class Exposure:
-    """`guarded`: the paths that want the key; the Host names and the key come from `settings`."""
+    """`guarded`: the paths that want the key; `open_reads`: guarded paths whose GET and HEAD are
+    open all the same (`/feedback` says whether feedback is on; POSTing it is guarded). The Host
+    names and the key come from `settings`."""
 
-    def __init__(self, app: App, guarded: Iterable[str], settings: Settings) -> None:
+    def __init__(
+        self,
+        app: App,
+        guarded: Iterable[str],
+        settings: Settings,
+        open_reads: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.guarded = frozenset(guarded)
+        self.open_reads = frozenset(open_reads)
         extra = (host_name(h.encode()) or h for h in settings.allowed_hosts)  # "name:443": name
         self.hosts = frozenset({*LOOPBACK_NAMES, *extra})
         self.any_host = "*" in self.hosts
@@ -169,7 +179,10 @@ class Exposure:
             name = host_name(header)
             if name not in self.hosts:
                 return _unknown_host(header)
-        if path not in self.guarded and normal_path(path) not in self.guarded:
+        path = path if path in self.guarded else normal_path(path)
+        if path not in self.guarded:
+            return None
+        if path in self.open_reads and scope.get("method") in ("GET", "HEAD"):
             return None
         if self.digest is not None:
             given = presented_key(headers)

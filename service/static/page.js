@@ -1,7 +1,9 @@
 // The digit page: draw or upload, ask the service, show the answer, what the model saw and why.
 // Plain browser JavaScript, no build step and nothing from a CDN; it only talks to this service:
 // POST /predict_canvas and /predict_image (answer + the 28×28 "seen"), POST /explain, GET /model
-// (the footer and the "About this model" panel).
+// (the footer and the "About this model" panel), and the feedback loop: GET /feedback (is it on,
+// below which confidence "Not sure" is offered), POST /feedback (the "Right?" row under an answer),
+// GET /feedback/queue and POST /feedback/review (the "Help label" panel).
 // With an API key set on the service, it asks for the key and sends it (Authorization: Bearer).
 "use strict";
 
@@ -17,7 +19,27 @@
   let latest = 0; // number of the latest request: older replies are ignored
 
   // What the tests (and the curious, in the console) can read.
-  const state = { reply: null, explanation: null, model: null, requests: 0, errors: 0 };
+  // feedback: the service's settings (GET /feedback), the last stored reply and refusal of
+  // POST /feedback, the help-label queue as loaded and the reviews sent from it.
+  const state = {
+    reply: null,
+    explanation: null,
+    model: null,
+    requests: 0,
+    errors: 0,
+    feedback: {
+      loaded: false,
+      enabled: false,
+      queue_below: null,
+      max_age_s: null,
+      sending: false,
+      sent: 0,
+      last: null,
+      error: null,
+      queue: null,
+      reviewed: [],
+    },
+  };
   window.digitPage = state;
 
   // --- drawing --------------------------------------------------------------------------------
@@ -183,6 +205,7 @@
     $("api-key").value = "";
     $("key-form").hidden = true;
     if (lastAsk) ask(...lastAsk);
+    if ($("help").open) loadQueue();
   });
 
   function withKey(init) {
@@ -191,7 +214,8 @@
     return { ...init, headers: { ...(init.headers || {}), Authorization: `Bearer ${key}` } };
   }
 
-  // fetch → the JSON body, or an Error carrying the service's own "error" text.
+  // fetch → the JSON body, or an Error carrying the service's own "error" text (and, where the
+  // service answered, its HTTP status as `status`).
   async function call(path, init) {
     let response;
     try {
@@ -212,7 +236,11 @@
     }
     if (!response.ok) {
       const text = body && typeof body.error === "string" ? body.error : "";
-      throw new Error(text || `The service answered ${response.status} ${response.statusText}.`);
+      const error = new Error(
+        text || `The service answered ${response.status} ${response.statusText}.`,
+      );
+      error.status = response.status;
+      throw error;
     }
     return body;
   }
@@ -229,6 +257,7 @@
     clearCanvas($("gradcam"));
     clearCanvas($("saliency"));
     $("features").replaceChildren();
+    showRight();
   }
 
   function showError(message) {
@@ -282,6 +311,7 @@
     clearCanvas($("gradcam"));
     clearCanvas($("saliency"));
     $("features").replaceChildren();
+    showRight();
   }
 
   function showWhy(explanation) {
@@ -461,6 +491,214 @@
     }
   }
 
+  // --- feedback: "Right?" under the answer -------------------------------------------------------
+
+  const fb = state.feedback;
+  const JSON_POST = { method: "POST", headers: { "Content-Type": "application/json" } };
+  let rightFor = null; // the reply the "Right?" row was set up for
+
+  $("fb-digits").replaceChildren(
+    ...[...Array(10).keys()].map((d) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.label = String(d);
+      button.textContent = String(d);
+      button.setAttribute("aria-label", `No, it was a ${d}`);
+      button.addEventListener("click", () => sendFeedback(d));
+      return button;
+    }),
+  );
+  $("fb-yes").addEventListener("click", () => {
+    if (state.reply) sendFeedback(state.reply.digit);
+  });
+  $("fb-unsure").addEventListener("click", () => sendFeedback(null));
+
+  function rightButtons() {
+    return [$("fb-yes"), $("fb-unsure"), ...$("fb-digits").querySelectorAll("button")];
+  }
+
+  function setRightDisabled(disabled) {
+    for (const button of rightButtons()) button.disabled = disabled;
+  }
+
+  // Shown under an answer the service signed (it has a prediction id) while feedback is on; a new
+  // answer gets a fresh row, the same answer keeps what was sent for it.
+  function showRight() {
+    const reply = state.reply;
+    const on = fb.enabled && reply !== null && typeof reply.prediction_id === "string" &&
+      reply.prediction_id !== "";
+    $("feedback").hidden = !on;
+    if (!on || rightFor === reply) return;
+    rightFor = reply;
+    setRightDisabled(false);
+    $("fb-yes").setAttribute("aria-label", `Yes, it is a ${reply.digit}`);
+    $("fb-unsure").hidden = !(reply.confidence < fb.queue_below);
+    for (const button of $("fb-digits").querySelectorAll("button")) {
+      button.classList.toggle("answered", Number(button.dataset.label) === reply.digit);
+    }
+    const note = $("fb-result");
+    note.hidden = true;
+    note.textContent = "";
+    delete note.dataset.state;
+  }
+
+  function thanks(stored) {
+    if (stored.label === null) return "Thanks — stored: a helper can label it under “Help label”.";
+    if (stored.correct) return "Thanks — stored: the answer was right.";
+    return `Thanks — stored: it was a ${stored.label}.`;
+  }
+
+  // Worth another try: the service could not be reached, wants the key, or asks to wait.
+  function passing(error) {
+    return !error.status || [401, 429, 503].includes(error.status);
+  }
+
+  async function sendFeedback(label) {
+    const reply = state.reply;
+    if (!reply || !reply.prediction_id || fb.sending) return;
+    fb.sending = true;
+    fb.error = null;
+    setRightDisabled(true);
+    const note = $("fb-result");
+    note.hidden = false;
+    note.textContent = "Sending…";
+    note.dataset.state = "busy";
+    try {
+      const stored = await call("/feedback", {
+        ...JSON_POST,
+        body: JSON.stringify({
+          seen: reply.seen,
+          answered: reply.digit,
+          label,
+          model_version: reply.model_version,
+          prediction_id: reply.prediction_id,
+        }),
+      });
+      fb.last = stored;
+      fb.sent += 1;
+      if (stored.label === null && $("help").open) loadQueue();
+      if (rightFor !== reply) return;
+      note.textContent = thanks(stored);
+      note.dataset.state = "stored";
+    } catch (error) {
+      fb.error = { message: error.message, status: error.status || null };
+      if (rightFor !== reply) return;
+      note.textContent = error.message;
+      note.dataset.state = "refused";
+      if (passing(error)) setRightDisabled(false);
+    } finally {
+      fb.sending = false;
+    }
+  }
+
+  async function loadFeedbackSettings() {
+    try {
+      const settings = await call("/feedback", {});
+      fb.enabled = settings.enabled === true;
+      fb.queue_below = settings.queue_below;
+      fb.max_age_s = settings.max_age_s;
+    } catch (_) {
+      fb.enabled = false; // off (404), or a service without the feedback loop
+    }
+    fb.loaded = true;
+    $("help-card").hidden = !fb.enabled;
+    showRight();
+  }
+
+  // --- feedback: the "Help label" panel -----------------------------------------------------------
+
+  let queueAsk = 0; // number of the latest queue request: older lists are ignored
+
+  $("help").addEventListener("toggle", () => {
+    if ($("help").open) loadQueue();
+  });
+
+  async function loadQueue() {
+    const mine = ++queueAsk;
+    const status = $("help-status");
+    status.textContent = "Loading drawings to label…";
+    try {
+      const body = await call("/feedback/queue?limit=12", {});
+      if (mine !== queueAsk) return;
+      fb.queue = body.items;
+      $("help-items").replaceChildren(...body.items.map(helpItem));
+      queueStatus();
+    } catch (error) {
+      if (mine !== queueAsk) return;
+      fb.queue = null;
+      $("help-items").replaceChildren();
+      status.textContent = `Could not load the drawings to label: ${error.message}`;
+    }
+  }
+
+  function queueStatus() {
+    const left = $("help-items").children.length;
+    $("help-status").textContent = left
+      ? `${left} drawing${left === 1 ? "" : "s"} to label, the least certain first.`
+      : "Nothing to label";
+  }
+
+  function helpItem(item) {
+    const li = document.createElement("li");
+    li.dataset.id = String(item.id);
+    const canvas = document.createElement("canvas");
+    canvas.className = "pixels";
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", `Stored drawing ${item.id}, 28 by 28 pixels`);
+    paint(canvas, item.seen, grey);
+    const body = document.createElement("div");
+    body.className = "item";
+    const said = document.createElement("p");
+    said.className = "said";
+    const person = item.label === null ? "the sender was not sure" : `the sender said ${item.label}`;
+    said.textContent =
+      `The model said ${item.answered} (${percent(item.confidence)}); ${person}.`;
+    const digits = document.createElement("div");
+    digits.className = "digits";
+    digits.setAttribute("role", "group");
+    digits.setAttribute("aria-label", `Which digit is drawing ${item.id}?`);
+    const note = document.createElement("p");
+    note.className = "error";
+    note.setAttribute("role", "alert");
+    note.hidden = true;
+    const buttons = [...Array(10).keys()].map((d) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.label = String(d);
+      button.textContent = String(d);
+      button.setAttribute("aria-label", `Drawing ${item.id} is a ${d}`);
+      button.addEventListener("click", () => review(li, item, d, buttons, note));
+      return button;
+    });
+    digits.append(...buttons);
+    body.append(said, digits, note);
+    li.append(canvas, body);
+    return li;
+  }
+
+  async function review(li, item, label, buttons, note) {
+    for (const button of buttons) button.disabled = true;
+    note.hidden = true;
+    try {
+      const done = await call("/feedback/review", {
+        ...JSON_POST,
+        body: JSON.stringify({ id: item.id, label }),
+      });
+      fb.reviewed.push(done);
+      fb.queue = (fb.queue || []).filter((queued) => queued.id !== item.id);
+      li.remove();
+      // The last one shown is done: there may be more than one list's worth waiting.
+      if (!$("help-items").children.length) loadQueue();
+      else queueStatus();
+    } catch (error) {
+      fb.error = { message: error.message, status: error.status || null };
+      note.textContent = error.message;
+      note.hidden = false;
+      if (passing(error)) for (const button of buttons) button.disabled = false;
+    }
+  }
+
   redraw();
   showModel();
+  loadFeedbackSettings();
 })();

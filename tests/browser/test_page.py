@@ -4,7 +4,9 @@ One temp workspace trains the fixture model (`dvc repro`), packages it and serve
 tests/e2e/test_service.py; Debian's Chromium is driven through its chromedriver with Selenium
 (`make test` installs both when missing). Strokes are real pointer input (mouse, or touch on the
 phone viewport) along fixture paths, uploads go through the page's file input, and what the page
-shows is checked against what the HTTP API answers for the same pixels.
+shows is checked against what the HTTP API answers for the same pixels. The feedback tests click
+the "Right?" row and the "Help label" panel and read what was stored straight from the served
+feedback database (DIGIT_FEEDBACK_DB under the fixture's temp root) and from /metrics.
 
 Screenshots land in tests/artifacts/browser/ (or $TEST_ARTIFACTS/browser/); with
 UPDATE_SCREENSHOT=1 the desktop one is also written to docs/page.png for the README. While
@@ -21,11 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import sqlalchemy as sa
 
+from common.feedback_store import FEEDBACK, FeedbackStore
 from tests.helpers import (
     FIXTURE,
     REPO,
 )
+from tests.hostile.probe import metric
 from tests.uploads import render
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -183,8 +188,13 @@ def js_percent(p: float) -> str:
 
 def canvas_pixels(driver, element_id: str) -> np.ndarray:
     """The red channel of a canvas on the page, as uint8 rows."""
+    return pixels_at(driver, f"#{element_id}")
+
+
+def pixels_at(driver, selector: str) -> np.ndarray:
+    """The red channel of the canvas a CSS selector finds, as uint8 rows."""
     rows = driver.execute_script(
-        """const c = document.getElementById(arguments[0]);
+        """const c = document.querySelector(arguments[0]);
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         const rows = [];
         for (let r = 0; r < c.height; r++) {
@@ -192,9 +202,85 @@ def canvas_pixels(driver, element_id: str) -> np.ndarray:
           for (let x = 0; x < c.width; x++) rows[r].push(d[4 * (r * c.width + x)]);
         }
         return rows;""",
-        element_id,
+        selector,
     )
     return np.array(rows, dtype=np.uint8)
+
+
+PRIVACY = (
+    "Sending stores this 28×28 drawing and your answer in the service's feedback database; "
+    "nothing is kept unless you send it."
+)
+
+
+def right_row(driver) -> dict:
+    """What the "Right?" row under the answer shows, and which of its buttons can be pressed."""
+    return driver.execute_script(
+        """const $ = (s) => document.querySelector(s);
+        const visible = (e) => e && !e.hidden && e.offsetParent !== null;
+        const digits = [...document.querySelectorAll('#fb-digits button')];
+        const buttons = [$('#fb-yes'), $('#fb-unsure'), ...digits].filter(visible);
+        return {
+          shown: visible($('#feedback')),
+          yes: visible($('#fb-yes')),
+          unsure: visible($('#fb-unsure')),
+          digits: digits.filter(visible).map((b) => b.textContent),
+          enabled: buttons.filter((b) => !b.disabled).length,
+          privacy: visible($('#feedback .privacy'))
+              ? $('#feedback .privacy').textContent.replace(/\\s+/g, ' ').trim() : null,
+        };"""
+    )
+
+
+def feedback_result(driver) -> str:
+    """The line under the row once a send is over: the thanks, or the refusal's message."""
+    return wait_for(
+        driver,
+        """const e = document.getElementById('fb-result');
+        return !e.hidden && e.dataset.state !== 'busy' && e.textContent;""",
+    )
+
+
+def stored_row(served: dict, row_id: int) -> dict:
+    """The feedback row as the served database holds it (seen as 28×28 uint8)."""
+    store = FeedbackStore(served["env"]["DIGIT_FEEDBACK_DB"])
+    try:
+        with store.engine.connect() as conn:
+            query = sa.select(FEEDBACK).where(FEEDBACK.c.id == row_id)
+            row = conn.execute(query).mappings().one()
+    finally:
+        store.close()
+    return {**row, "seen": np.frombuffer(row["seen"], np.uint8).reshape(28, 28)}
+
+
+def stored_rows(served: dict) -> int:
+    store = FeedbackStore(served["env"]["DIGIT_FEEDBACK_DB"])
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def help_items(driver) -> list[dict]:
+    """The drawings the "Help label" panel lists: their ids and what it says of each."""
+    return driver.execute_script(
+        """return [...document.querySelectorAll('#help-items li')].map((li) => ({
+          id: Number(li.dataset.id),
+          said: li.querySelector('.said').textContent,
+          buttons: [...li.querySelectorAll('button')].map((b) => b.textContent),
+        }));"""
+    )
+
+
+def overflow(driver) -> dict:
+    """How far anything on the page reaches past the viewport's right edge."""
+    return driver.execute_script(
+        """const w = window.innerWidth;
+        const over = [...document.querySelectorAll('body *')]
+            .filter((e) => e.getBoundingClientRect().right > w + 0.5)
+            .map((e) => e.tagName + '#' + e.id + '.' + e.className);
+        return {width: w, scrollWidth: document.documentElement.scrollWidth, over};"""
+    )
 
 
 def js_errors(driver) -> list[str]:
@@ -538,3 +624,200 @@ def test_explain_endpoint_answers_and_refuses(server):
     bad = requests.post(f"{server}/explain", json={"image": [[1, 2]]}, timeout=30)
     assert bad.status_code == 400 and bad.headers["X-Reject-Reason"] == "wrong_shape"
     assert "/predict_image" in bad.json()["error"]  # the hint says where a good image comes from
+
+
+# --- feedback -----------------------------------------------------------------------------------
+
+
+def test_right_row_stores_what_the_person_says(served, browser):
+    """A drawn answer, "it was a …" and then "Yes" on another: each click stores one row holding
+    the pixels the model saw, the answer and the label; nothing is stored before a click."""
+    url = served["url"]
+    settings = requests.get(f"{url}/feedback", timeout=10).json()
+    assert settings["enabled"] is True, settings
+    open_page(browser, url)
+    wait_for(browser, "return window.digitPage.feedback.loaded")
+    assert right_row(browser)["shown"] is False  # no answer yet, nothing to say "Right?" to
+    rows = stored_rows(served)
+    before = requests_made(browser)
+    draw(browser, ONE)
+    reply = answered(browser, before)["reply"]
+    assert reply["prediction_id"], reply
+    row = right_row(browser)
+    assert row["shown"] and row["yes"] and row["digits"] == list("0123456789"), row
+    assert row["unsure"] == (reply["confidence"] < settings["queue_below"]), (row, reply)
+    assert row["privacy"] == PRIVACY
+    assert stored_rows(served) == rows  # an answer alone keeps nothing
+
+    wrong = 7 if reply["digit"] != 7 else 3
+    series = {"answered": str(reply["digit"]), "model_version": reply["model_version"]}
+    counted = metric(url, "digit_feedback_total", **series, label=str(wrong), correct="no")
+    browser.find_element("css selector", f"#fb-digits button[data-label='{wrong}']").click()
+    assert feedback_result(browser) == f"Thanks — stored: it was a {wrong}."
+    last = browser.execute_script("return window.digitPage.feedback.last")
+    assert last["stored"] is True and last["label"] == wrong and last["correct"] is False, last
+    assert last["model_version"] == reply["model_version"]
+    db = stored_row(served, last["id"])
+    assert np.array_equal(db["seen"], np.array(reply["seen"], np.uint8))
+    assert (db["answered"], db["label"], db["model_version"]) == (
+        reply["digit"],
+        wrong,
+        reply["model_version"],
+    )
+    assert db["key"] == reply["prediction_id"].rsplit(".", 1)[1]
+    assert db["confidence"] == pytest.approx(reply["confidence"], abs=1e-6)
+    assert stored_rows(served) == rows + 1
+    assert metric(url, "digit_feedback_total", **series, label=str(wrong), correct="no") == (
+        counted + 1
+    )
+    assert right_row(browser)["enabled"] == 0  # one answer is labelled once
+
+    # Another drawing: a fresh row, and "Yes" stores the answer as its label.
+    browser.find_element("id", "clear").click()
+    assert right_row(browser)["shown"] is False
+    before = requests_made(browser)
+    draw(browser, SEVEN)
+    reply = answered(browser, before)["reply"]
+    row = right_row(browser)
+    assert row["shown"] and row["enabled"] == 11 + row["unsure"], row
+    assert browser.execute_script("return document.getElementById('fb-result').hidden")
+    series = {"answered": str(reply["digit"]), "model_version": reply["model_version"]}
+    yes = {**series, "label": str(reply["digit"]), "correct": "yes"}
+    counted = metric(url, "digit_feedback_total", **yes)
+    browser.find_element("id", "fb-yes").click()
+    assert feedback_result(browser) == "Thanks — stored: the answer was right."
+    last = browser.execute_script("return window.digitPage.feedback.last")
+    assert last["label"] == reply["digit"] and last["correct"] is True, last
+    db = stored_row(served, last["id"])
+    assert db["label"] == db["answered"] == reply["digit"]
+    assert np.array_equal(db["seen"], np.array(reply["seen"], np.uint8))
+    assert metric(url, "digit_feedback_total", **yes) == counted + 1
+
+    # An answer without a prediction id (the loop off, or an older service) gets no row.
+    browser.execute_script(
+        """const real = window.fetch;
+        window.fetch = async (path, init) => {
+          const response = await real(path, init);
+          if (path !== '/predict_canvas') return response;
+          const body = await response.json();
+          body.prediction_id = null;
+          return new Response(JSON.stringify(body), {status: 200});
+        };"""
+    )
+    before = requests_made(browser)
+    browser.find_element("id", "predict").click()
+    answered(browser, before)
+    assert right_row(browser)["shown"] is False
+    # A service whose GET /feedback says the loop is off: no row, no "Help label" panel.
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": """const real = window.fetch;
+            window.fetch = async (path, init) => {
+              const response = await real(path, init);
+              if (path !== '/feedback' || (init && init.method)) return response;
+              const body = await response.json();
+              return new Response(JSON.stringify({...body, enabled: false}), {status: 200});
+            };"""
+        },
+    )
+    open_page(browser, url)
+    wait_for(browser, "return window.digitPage.feedback.loaded")
+    assert browser.execute_script("return document.getElementById('help-card').hidden") is True
+    before = requests_made(browser)
+    draw(browser, ONE)
+    assert answered(browser, before)["reply"]["prediction_id"]
+    assert right_row(browser)["shown"] is False
+    assert js_errors(browser) == []
+
+
+def unsure_picture(url: str, below: float) -> tuple[bytes, dict]:
+    """A picture the served model answers with confidence under `below`: two test digits of
+    different classes drawn over each other (found through the API, nothing stored)."""
+    with np.load(FIXTURE) as f:
+        x, y = f["x_test"], f["y_test"]
+    for i in range(60):
+        j = next(k for k in range(i + 1, len(y)) if y[k] != y[i])
+        for x28 in (x[i], np.maximum(x[i], x[j]), ((x[i].astype(int) + x[j]) // 2)):
+            png = render(np.asarray(x28, np.uint8), "canvas_png")
+            files = {"image": ("digit.png", png, "image/png")}
+            api = requests.post(f"{url}/predict_image", files=files, timeout=30).json()
+            if api["confidence"] < below:
+                return png, api
+    pytest.fail(f"no test digit or overlay of two gets under {below} confidence")
+
+
+def test_help_label_panel_labels_what_people_were_unsure_of(served, browser, tmp_path):
+    """A "Not sure" on a low-confidence answer stores it unlabelled; the "Help label" panel lists
+    it as the queue API does, and a helper's click stores its label and takes it off the list."""
+    url = served["url"]
+    below = requests.get(f"{url}/feedback", timeout=10).json()["queue_below"]
+    png, api = unsure_picture(url, below)
+    path = tmp_path / "unsure.png"
+    path.write_bytes(png)
+    open_page(browser, url)
+    wait_for(browser, "return window.digitPage.feedback.loaded")
+    upload(browser, path)
+    reply = answered(browser, 0)["reply"]
+    assert reply["seen"] == api["seen"] and reply["confidence"] < below, reply
+    assert right_row(browser)["unsure"] is True
+    series = {"answered": str(reply["digit"]), "model_version": reply["model_version"]}
+    counted = metric(url, "digit_feedback_total", **series, label="none", correct="unknown")
+    browser.find_element("id", "fb-unsure").click()
+    assert feedback_result(browser).startswith("Thanks — stored: a helper can label it")
+    last = browser.execute_script("return window.digitPage.feedback.last")
+    assert last["label"] is None and last["correct"] is None, last
+    db = stored_row(served, last["id"])
+    assert db["label"] is None and db["review_label"] is None
+    assert np.array_equal(db["seen"], np.array(reply["seen"], np.uint8))
+    assert metric(url, "digit_feedback_total", **series, label="none", correct="unknown") == (
+        counted + 1
+    )
+
+    # The panel: collapsed until opened, then the queue as the API gives it.
+    assert browser.execute_script("return document.getElementById('help').open") is False
+    browser.find_element("css selector", "#help summary").click()
+    mine = f"#help-items li[data-id='{last['id']}']"
+    wait_for(browser, f"return document.querySelector({mine!r}) !== null")
+    queue = requests.get(f"{url}/feedback/queue", timeout=10).json()
+    listed = help_items(browser)
+    assert [i["id"] for i in listed] == [i["id"] for i in queue["items"]]
+    item = next(i for i in listed if i["id"] == last["id"])
+    assert item["said"] == (
+        f"The model said {reply['digit']} ({js_percent(db['confidence'])}); "
+        "the sender was not sure."
+    )
+    assert item["buttons"] == list("0123456789")
+    assert np.array_equal(pixels_at(browser, f"{mine} canvas"), db["seen"])
+    # It fits a phone, list and all.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    layout = overflow(browser)
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert layout["scrollWidth"] <= PHONE["width"] and layout["over"] == [], layout
+
+    label = (reply["digit"] + 1) % 10
+    reviews = metric(url, "digit_feedback_reviews_total", label=str(label))
+    browser.find_element("css selector", f"{mine} button[data-label='{label}']").click()
+    wait_for(browser, f"return document.querySelector({mine!r}) === null")
+    assert stored_row(served, last["id"])["review_label"] == label
+    assert metric(url, "digit_feedback_reviews_total", label=str(label)) == reviews + 1
+    done = browser.execute_script("return window.digitPage.feedback.reviewed")
+    assert done[-1] == {"reviewed": last["id"], "label": label}
+    queue = requests.get(f"{url}/feedback/queue", timeout=10).json()
+    assert last["id"] not in [i["id"] for i in queue["items"]]
+
+    # Label the rest (other tests' unsure answers) until the panel has nothing left to show.
+    status = "return document.getElementById('help-status').textContent"
+    for _ in range(30):
+        wait_for(
+            browser,
+            "return !document.getElementById('help-status').textContent.startsWith('Loading')",
+        )
+        if browser.execute_script(status) == "Nothing to label":
+            break
+        first = help_items(browser)[0]["id"]
+        browser.find_element("css selector", f"#help-items li[data-id='{first}'] button").click()
+        wait_for(browser, f"return !document.querySelector('#help-items li[data-id=\"{first}\"]')")
+    assert browser.execute_script(status) == "Nothing to label"
+    assert requests.get(f"{url}/feedback/queue", timeout=10).json()["items"] == []
+    assert js_errors(browser) == []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import SecretStr
 
 from service.inputs.limits import Limits
 from service.settings import CORES, Settings
+from tests.helpers import REPO
 
 
 def test_defaults_without_any_variable():
@@ -55,6 +58,17 @@ def test_every_field_is_read_from_its_variable():
         "host": ("0.0.0.0", "0.0.0.0"),
         "allowed_hosts": ("digits.example,10.0.0.5", ("digits.example", "10.0.0.5")),
         "api_key": ("k" * 16, SecretStr("k" * 16)),
+        "feedback": ("0", False),
+        "feedback_db": (
+            "postgresql+psycopg2://u:p@db/feedback",
+            "postgresql+psycopg2://u:p@db/feedback",
+        ),
+        "feedback_secret": ("s" * 16, SecretStr("s" * 16)),
+        "feedback_max_age_s": ("60", 60.0),
+        "feedback_per_client": ("3", 3),
+        "feedback_window_s": ("5", 5.0),
+        "feedback_max_rows": ("5", 5),
+        "feedback_queue_below": ("0.5", 0.5),
     }
     assert set(values) == set(Settings.model_fields)  # a new field gets a case here
     env = {f"DIGIT_{field.upper()}": raw for field, (raw, _) in values.items()}
@@ -81,8 +95,45 @@ def test_empty_means_default():
         ({"DIGIT_SHADOW_SHARE": "1.5"}, "DIGIT_SHADOW_SHARE='1.5'"),
         ({"DIGIT_RELOAD_INTERVAL_S": "-1"}, "DIGIT_RELOAD_INTERVAL_S='-1'"),
         ({"DIGIT_DRAIN_S": "60"}, "DIGIT_DRAIN_S='60'"),
+        ({"DIGIT_FEEDBACK": "maybe"}, "DIGIT_FEEDBACK='maybe'"),
+        ({"DIGIT_FEEDBACK_MAX_AGE_S": "0"}, "DIGIT_FEEDBACK_MAX_AGE_S='0'"),
+        ({"DIGIT_FEEDBACK_PER_CLIENT": "0"}, "DIGIT_FEEDBACK_PER_CLIENT='0'"),
+        ({"DIGIT_FEEDBACK_QUEUE_BELOW": "1.5"}, "DIGIT_FEEDBACK_QUEUE_BELOW='1.5'"),
+        ({"DIGIT_FEEDBACK_SECRET": "short"}, r"DIGIT_FEEDBACK_SECRET=\(hidden\)"),
     ],
 )
 def test_a_bad_value_stops_with_the_variables_name(env, says):
     with pytest.raises(SystemExit, match=says):
         Settings.from_env(env)
+
+
+def test_the_feedback_defaults_and_secret():
+    s = Settings()
+    assert (s.feedback, s.feedback_db, s.feedback_secret, s.signing_secret) == (
+        True,
+        None,
+        None,
+        None,
+    )
+    assert (s.feedback_max_age_s, s.feedback_per_client, s.feedback_window_s) == (3600, 30, 60)
+    assert (s.feedback_max_rows, s.feedback_queue_below) == (100_000, 0.9)
+    secret = "x" * 20
+    s = Settings.from_env({"DIGIT_FEEDBACK_SECRET": f" {secret} ", "DIGIT_FEEDBACK_DB": " "})
+    assert s.signing_secret == secret.encode() and s.feedback_db is None
+    assert secret not in repr(s)
+
+
+def test_a_database_url_is_never_echoed_in_an_error():
+    """A URL may hold a password; a bad value next to it must not print it."""
+    url = "postgresql+psycopg2://digit:hunter2hunter2@db/feedback"
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"DIGIT_FEEDBACK_DB": url, "DIGIT_FEEDBACK_SECRET": "hunter2"})
+    assert "hunter2" not in str(stopped.value) and "DIGIT_FEEDBACK_SECRET=(hidden)" in str(
+        stopped.value
+    )
+
+
+def test_docs_serving_lists_every_variable():
+    text = (REPO / "docs" / "serving.md").read_text()
+    documented = re.findall(r"^\| `(DIGIT_\w+)` \|", text, flags=re.M)
+    assert sorted(documented) == sorted(f"DIGIT_{f.upper()}" for f in Settings.model_fields)

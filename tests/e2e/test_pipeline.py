@@ -26,19 +26,21 @@ from pipelines import params as params_mod
 from pipelines.tracking import LINEAGE_TAGS, params_hash
 from pipelines.train import TRAIN_PARAMS
 from tests.helpers import (
+    ALWAYS_RUN,
     BIN,
     FIXTURE,
     commit,
     free_port,
     isolated_env,
     make_workspace,
+    only_always_run,
     run,
     serving,
     set_params,
 )
 
 pytestmark = pytest.mark.e2e
-STAGES = ["fetch", "prepare", "train", "evaluate", "register"]
+STAGES = ["fetch", "prepare", "train", "evaluate", "register"]  # and feedback, before prepare
 MODEL = "mnist-cnn"
 
 
@@ -65,13 +67,19 @@ def client(ws) -> MlflowClient:
 def test_repro_builds_every_stage(ws):
     proc = repro(ws)
     out = proc.stdout + proc.stderr
-    assert ran_stages(out) == STAGES
+    ran = ran_stages(out)
+    assert sorted(ran) == sorted([*ALWAYS_RUN, *STAGES])
+    assert [s for s in ran if s in STAGES] == STAGES
+    assert ran.index("feedback") < ran.index("prepare")
     assert "===== stage: train =====" in out and "Epoch 4/4" in out  # banners, Keras progress
     d = ws["dir"]
     for path in [
         "data/raw/mnist.npz",
         "data/prepared/train.npz",
         "data/prepared/stats.json",
+        "data/feedback/feedback.npz",
+        "data/prepared/feedback_train.npz",
+        "data/prepared/people.npz",
         "models/model.keras",
         "metrics/train.json",
         "metrics/eval.json",
@@ -97,7 +105,12 @@ def test_repro_builds_every_stage(ws):
         cpu.vector_extensions()
     )
     lock = (d / "dvc.lock").read_text()
-    assert all(f"  {s}:" in lock for s in STAGES)
+    assert all(f"  {s}:" in lock for s in [*ALWAYS_RUN, *STAGES])
+    # No feedback database: an empty export, nothing trained on it, no people metric
+    with np.load(d / "data/feedback/feedback.npz") as f:
+        assert len(f["y"]) == 0 and f["x"].shape == (0, 28, 28)
+    assert evaluation["people"] == {"images": 0}
+    assert json.loads((d / "metrics/train.json").read_text())["feedback_images"] == 0
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], d, ws["env"]).stdout
     assert "accuracy" in shown
     run([str(BIN / "dvc"), "plots", "show", "-o", "plots_html"], d, ws["env"])
@@ -242,16 +255,16 @@ def test_registry_holds_champion_with_lineage(ws):
 
 def test_second_repro_runs_nothing(ws):
     proc = repro(ws)
-    assert ran_stages(proc.stdout + proc.stderr) == []
+    assert ran_stages(proc.stdout + proc.stderr) == ALWAYS_RUN  # the export: the same bytes
     status = run([str(BIN / "dvc"), "status"], ws["dir"], ws["env"]).stdout
-    assert "up to date" in status
+    assert only_always_run(status), status
 
 
 def test_worse_model_becomes_challenger_not_champion(ws):
     # A learning rate this small leaves the net near chance: the gate must keep v1 in service.
     set_params(ws["dir"], {"train": {"learning_rate": 1.0e-7}, "register": {"min_accuracy": 0.0}})
     proc = repro(ws)
-    assert ran_stages(proc.stdout + proc.stderr) == ["train", "evaluate", "register"]
+    assert ran_stages(proc.stdout + proc.stderr) == [*ALWAYS_RUN, "train", "evaluate", "register"]
     c = client(ws)
     assert str(c.get_model_version_by_alias(MODEL, "challenger").version) == "2"
     assert str(c.get_model_version_by_alias(MODEL, "champion").version) == "1"
