@@ -4,8 +4,10 @@ It renders monitoring/prometheus.yml with the fixture server's port and a 1 s in
 known mix of predictions and bad inputs, waits for two scrapes, and asks Prometheus' HTTP API:
 the counts by digit and by rejection reason moved by exactly what was sent, a latency quantile is
 there and positive, the model-version series carries the served version and its role, the drift
-reference packaged with the model is exported and compared under that version, every rule
-evaluates without error, and every PromQL query of the Grafana dashboard is accepted.
+reference packaged with the model is exported and compared under that version, one right and one
+wrong answer reported as people report them (POST /feedback) are counted and turned into live
+accuracy, labelled rows and store fill under the served version, every rule evaluates without
+error, and every PromQL query of the Grafana dashboard is accepted.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import requests
 import yaml
 
 from common import drift
+from common.feedback_store import FeedbackStore
 from monitoring.serve import DASHBOARD, JOB, command, render
+from tests import uploads
 from tests.helpers import FIXTURE, SERVICE_LIMITS, clean_env, free_port, serving
 
 pytestmark = pytest.mark.e2e
@@ -214,6 +218,76 @@ def test_the_packaged_drift_reference_is_exported_and_compared(served, prom):
         # tests sent): 0.025 is a tenth of the alert threshold, room for that and no more.
         assert settled(prom, rule, want, tolerance=0.025) == pytest.approx(want, abs=0.025)
         assert want < ALERT_DISTANCE, f"{rule}: real test digits would alert ({want:.3f})"
+
+
+def reported(url: str, image: np.ndarray, wrong: bool) -> dict:
+    """Draw `image` on the page's canvas, then say the answer was right, or that it was the next
+    digit (POST /feedback with the reply's fields, as the page sends it); the reply and label."""
+    png = uploads.render(image, "canvas_png")
+    reply = requests.post(
+        f"{url}/predict_canvas", json={"data_url": uploads.data_url(png)}, timeout=60
+    )
+    assert reply.ok, reply.text
+    answer = reply.json()
+    label = (answer["digit"] + 1) % 10 if wrong else answer["digit"]
+    body = {
+        "seen": answer["seen"],
+        "answered": answer["digit"],
+        "label": label,
+        "model_version": answer["model_version"],
+        "prediction_id": answer["prediction_id"],
+    }
+    stored = requests.post(f"{url}/feedback", json=body, timeout=30)
+    if stored.status_code == 429:  # earlier tests of this session used this client's budget
+        time.sleep(float(stored.headers["Retry-After"]))
+        stored = requests.post(f"{url}/feedback", json=body, timeout=30)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["correct"] is not wrong
+    return {**answer, "label": label}
+
+
+def test_feedback_is_counted_and_recorded_per_version(served, prom):
+    url = served["url"]
+    version = requests.get(f"{url}/model", timeout=10).json()["version"]
+    raw = f'sum by (correct) (digit_feedback_total{{model_version="{version}"}})'
+    wait_for_scrapes(prom, after=time.time())
+    before = by(prom, raw, "correct")
+    with np.load(FIXTURE) as f:
+        x = f["x_test"][N_DIGITS + 120 : N_DIGITS + 122]
+    right, wrong = reported(url, x[0], wrong=False), reported(url, x[1], wrong=True)
+    SENT.append(np.array([right["seen"], wrong["seen"]], np.uint8))  # the model saw them too
+    wait_for_scrapes(prom, after=time.time())
+    after = by(prom, raw, "correct")
+    moved = {c: n - before.get(c, 0.0) for c, n in after.items()}
+    assert {c: n for c, n in moved.items() if n} == {"yes": 1, "no": 1}
+
+    # Prometheus started minutes ago: nothing is there 6 h back, so every feedback series counts
+    # whole in the 6-h rules (its first row included, which increase() would miss), and they
+    # equal the counters: every labelled row this service stored, right or wrong.
+    labelled = after["yes"] + after["no"]
+    one = f'{{model_version="{version}"}}'
+    rule = f"model_version:digit_feedback_labelled:increase6h{one}"
+    assert settled(prom, rule, labelled, tolerance=0) == labelled
+    share = after["yes"] / labelled
+    rule = f"model_version:digit_feedback_accuracy:ratio_rate6h{one}"
+    assert settled(prom, rule, share, tolerance=1e-9) == pytest.approx(share)
+    pair = f'answered="{wrong["digit"]}",label="{wrong["label"]}",model_version="{version}"'
+    count = float(query(prom, f"sum(digit_feedback_total{{{pair}}})")[0]["value"][1])
+    rule = f"model_version_answered_label:digit_feedback:increase6h{{{pair}}}"
+    assert count >= 1 and settled(prom, rule, count, tolerance=0) == count
+
+    # the test accuracy the alert compares with, and the store's fill
+    accuracy = requests.get(f"{url}/model", timeout=10).json()["test_accuracy"]
+    tested = by(prom, "max by (model_version) (digit_model_test_accuracy)", "model_version")
+    assert tested == {version: pytest.approx(accuracy)}
+    store = FeedbackStore(served["env"]["DIGIT_FEEDBACK_DB"])
+    try:
+        rows = store.count()
+    finally:
+        store.close()
+    assert by(prom, "max(digit_feedback_max_rows)", "") == {"": 100_000}  # the default
+    fill = settled(prom, f'job:digit_feedback_store:fill_ratio{{job="{JOB}"}}', rows / 1e5, 1e-12)
+    assert fill == pytest.approx(rows / 100_000)
 
 
 def test_every_rule_evaluates_without_error(prom):

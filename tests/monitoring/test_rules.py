@@ -109,6 +109,8 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_stays_silent():
         "DigitNoPredictions",
         "DigitShadowDisagreement",
         "DigitModelReloadFailed",
+        "DigitLiveAccuracyLow",
+        "DigitFeedbackStoreFilling",
     }
     unit_tests = yaml.safe_load(UNIT_TESTS.read_text())
     fired, pending, threshold = set(), set(), set()
@@ -205,3 +207,24 @@ def test_the_shadow_agreement_panels_draw_the_alert_threshold():
     for panel in panels:
         steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert [step["value"] for step in steps] == [None, threshold], panel["title"]
+
+
+def test_the_feedback_panels_draw_the_alert_thresholds():
+    """The live-accuracy panel's dashed line, the labelled-rows panel's line and the store
+    gauge's orange step are the numbers DigitLiveAccuracyLow and DigitFeedbackStoreFilling use."""
+    alerts = {rule["alert"]: rule for group in rule_groups(ALERTS) for rule in group["rules"]}
+    live = alerts["DigitLiveAccuracyLow"]["expr"]
+    margin = re.search(r"\(digit_model_test_accuracy\) - ([\d.]+)", live)[1]
+    least = float(re.search(r"digit_feedback_labelled:increase6h >= (\d+)", live)[1])
+    filling = alerts["DigitFeedbackStoreFilling"]["expr"]
+    full = float(re.search(r"digit_feedback_store:fill_ratio > ([\d.]+)", filling)[1])
+    panels = {target["expr"]: panel for panel, target in dashboard_targets()}
+    assert f"max by (model_version) (digit_model_test_accuracy) - {margin}" in panels
+
+    def steps(expr: str) -> list:
+        return [
+            step["value"] for step in panels[expr]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        ]
+
+    assert steps("model_version:digit_feedback_labelled:increase6h") == [None, least]
+    assert steps("job:digit_feedback_store:fill_ratio") == [None, full]
