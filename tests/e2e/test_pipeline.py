@@ -227,7 +227,10 @@ def test_registry_holds_champion_with_lineage(ws):
     lock = yaml.safe_load((ws["dir"] / "dvc.lock").read_text())
     recorded = {o["path"]: o["md5"] for o in lock["stages"]["prepare"]["outs"]}
     md5 = json.loads(champion.tags["data_md5"])
-    assert set(md5) == {f"data/prepared/{s}.npz" for s in ("train", "val", "test")}
+    # ... the feedback files too, empty here: a model names the (lack of) feedback it saw
+    splits = ("train", "val", "test", "feedback_train", "people")
+    assert set(md5) == {f"data/prepared/{s}.npz" for s in splits}
+    assert json.loads(champion.tags["feedback_rows"]) == {"people": 0, "train": 0}
     assert all(recorded[path] == value for path, value in md5.items())
     used = params_mod.load(ws["dir"] / "params.yaml").model_dump(include=TRAIN_PARAMS)
     assert champion.tags["params_hash"] == params_hash(used)
