@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.prepare import DataValidationError, split, stats, validate
+from pipelines.prepare import (
+    DataValidationError,
+    split,
+    split_feedback,
+    stats,
+    validate,
+    validate_feedback,
+)
 from pipelines.sources import Mnist, load_npz
 from tests.helpers import FIXTURE
 
@@ -107,3 +114,47 @@ def test_stats_describe_the_training_reference(mnist):
     assert sum(s["pixel_histogram"]["share"]) == pytest.approx(1.0, abs=1e-4)
     assert np.array(s["mean_image"]).shape == (28, 28)
     assert s["mean_pixel"] == pytest.approx(float(mnist.x_train.mean()), abs=1e-3)
+
+
+def _feedback(m: Mnist, n: int = 40) -> dict[str, np.ndarray]:
+    """What the feedback stage exports for n rows (real digits as the people's drawings)."""
+    return {
+        "x": m.x_test[:n].copy(),
+        "y": m.y_test[:n].astype(np.uint8),
+        "answered": m.y_test[:n].astype(np.uint8),
+        "confidence": np.full(n, 0.8, np.float32),
+        "reviewed": np.zeros(n, bool),
+        "model_version": np.array(["1"] * n),
+        "created_at": np.arange(n, dtype=np.int64),
+        "key": np.array([f"{i:064x}" for i in range(n)]),
+    }
+
+
+def test_good_feedback_passes_and_splits_by_row_not_by_what_else_arrived(mnist):
+    rows = validate_feedback(_feedback(mnist))
+    trains, people = split_feedback(rows, 0.5, seed=42)
+    assert len(trains["y"]) + len(people["y"]) == 40 and 5 < len(trains["y"]) < 35
+    assert not set(trains["key"]) & set(people["key"])  # the people set never trains
+    # a row keeps its side when more feedback arrives: the rule reads the row alone
+    more_train, _ = split_feedback(validate_feedback(_feedback(mnist, 80)), 0.5, seed=42)
+    assert set(trains["key"]) <= set(more_train["key"])
+    other_seed, _ = split_feedback(rows, 0.5, seed=7)
+    assert set(other_seed["key"]) != set(trains["key"])
+    everything, nothing = split_feedback(rows, 1.0, seed=42)
+    assert len(everything["y"]) == 40 and len(nothing["y"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: {**f, "y": np.where(f["y"] == 3, 12, f["y"]).astype(np.uint8)}, "feedback y"),
+        (lambda f: {**f, "x": f["x"][:, :27]}, "feedback x"),
+        (lambda f: {**f, "key": np.array([f["key"][0]] * len(f["key"]))}, "same prediction id"),
+        (lambda f: {**f, "answered": f["answered"][:-1]}, "feedback answered: 39 rows"),
+        (lambda f: {k: v for k, v in f.items() if k != "model_version"}, "lacks"),
+    ],
+    ids=["label-out-of-range", "wrong-shape", "replayed-key", "ragged", "missing-column"],
+)
+def test_bad_feedback_is_refused_with_what_is_wrong(mnist, change, message):
+    with pytest.raises(DataValidationError, match=message):
+        validate_feedback(change(_feedback(mnist)))
