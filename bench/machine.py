@@ -12,7 +12,7 @@ from pathlib import Path
 from common import cpu
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("bentoml", "mlflow", "tensorflow", "keras", "numpy")
+PACKAGES = ("bentoml", "mlflow", "tensorflow", "keras", "numpy", "openvino", "nncf")
 
 
 def _git(*args: str) -> str:

@@ -91,6 +91,9 @@ class Run:
     score_error: str | None = None
     problems: list[str] = field(default_factory=list)
     rollout: dict[str, dict] = field(default_factory=dict)  # bench/rollout.py: "swap", "shadow"
+    served_runtime: str = "?"  # what `auto` chose for the measured server (GET /model)
+    runtimes: dict[str, list[dict]] = field(default_factory=dict)  # in process, one per round
+    footprint: dict[str, dict] = field(default_factory=dict)  # bench/footprint.py, by DIGIT_RUNTIME
 
     def find(self, server: str, endpoint: str, connections: int | None = None) -> Outcome | None:
         for o in self.outcomes:

@@ -1,8 +1,10 @@
 """`make bench`: measure our service and `mlflow models serve` on the same champion, then report.
 
 One run: resolve the registry's champion once, serve exactly that version from both servers (one
-server at a time, so they never share the CPU), load each setting with wrk, time the bare model in
-process, and rewrite bench/RESULTS.md. Exits non-zero only when the harness itself could not do its
+server at a time, so they never share the CPU; ours on the runtime `auto` picks), load each
+setting with wrk, start the service once per runtime for its time to ready and memory per worker
+(bench/footprint.py), time the bare model in process on every runtime, and rewrite
+bench/RESULTS.md. Exits non-zero only when the harness itself could not do its
 job (a server that never starts, wrk failing); a missed target is a result, not an error.
 
 Environment: BENCH_DURATION (s per setting, 10), BENCH_WARMUP (s, 2), BENCH_CONNECTIONS (1,16,64),
@@ -11,8 +13,10 @@ BENCH_BATCH_CONNECTIONS (2), BENCH_TIMEOUT (wrk request timeout s, 10), BENCH_ST
 server start, 120), BENCH_MLFLOW (1; 0 skips `mlflow models serve`, for quick A/B runs of our
 service), BENCH_ROLLOUT (1; 0 skips the hot swap and shadow measurements, bench/rollout.py),
 BENCH_SCORE (10000: PNGs `digit-mlops score` reads in process, bench/score.py; 0 skips it),
-BENCH_OUTPUT (bench/RESULTS.md). Our server inherits the caller's DIGIT_* variables
-(e.g. `DIGIT_FAST_LANE=0 BENCH_MLFLOW=0 BENCH_OUTPUT=/tmp/ab.md make bench`); the report lists them.
+BENCH_INPROCESS_ROUNDS (3: in-process runs per runtime, interleaved), BENCH_FOOTPRINT (1; 0 skips
+the time-to-ready and memory starts), BENCH_OUTPUT (bench/RESULTS.md). Our server inherits the
+caller's DIGIT_* variables (e.g. `DIGIT_FAST_LANE=0 BENCH_MLFLOW=0 BENCH_OUTPUT=/tmp/ab.md make
+bench`); the report lists them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench import load, machine, payloads, report, rollout, servers
+import requests
+
+from bench import footprint, load, machine, payloads, report, rollout, servers
 from bench.results import Champion, Outcome, Run, Setting
 from bench.targets import judge
 
@@ -54,6 +60,8 @@ class Config:
     mlflow: bool
     rollout: bool
     score_pictures: int
+    inprocess_rounds: int
+    footprint: bool
     output: Path
 
     @classmethod
@@ -78,6 +86,8 @@ class Config:
             mlflow=os.environ.get("BENCH_MLFLOW", "1").strip() != "0",
             rollout=os.environ.get("BENCH_ROLLOUT", "1").strip() != "0",
             score_pictures=num("BENCH_SCORE", 10_000),
+            inprocess_rounds=num("BENCH_INPROCESS_ROUNDS", 3),
+            footprint=os.environ.get("BENCH_FOOTPRINT", "1").strip() != "0",
             output=Path(os.environ.get("BENCH_OUTPUT") or ROOT / "bench" / "RESULTS.md"),
         )
 
@@ -260,6 +270,8 @@ def bench_ours(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
             env=env,
             timeout_s=cfg.start_timeout_s,
         ) as server:
+            run.served_runtime = requests.get(f"{base}/model", timeout=30).json()["runtime"]
+            print(f"    serving on {run.served_runtime} (DIGIT_RUNTIME=auto)", flush=True)
             one = load.Target(f"{base}/predict", single)
             for s in settings:
                 run.outcomes.append(
@@ -349,23 +361,56 @@ def bench_mlflow(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
         ]
 
 
+def inprocess_runtimes() -> tuple[str, ...]:
+    """Every runtime this CPU runs (bf16 only with AVX-512 BF16), TensorFlow first."""
+    from common import runtimes
+
+    here = runtimes.cpu_capabilities()
+    return tuple(r for r in runtimes.RUNTIMES if runtimes.runs_here(r, here))
+
+
 def bench_inprocess(cfg: Config, champ: Champion, run: Run) -> None:
-    print("==> in-process ceiling (the Keras model without a server)", flush=True)
-    argv = [sys.executable, "-m", "bench.inprocess", "--tag", champ.bento_tag]
-    argv += ["--batch", str(cfg.batch)]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        run.inprocess_error = f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"
-        run.problems.append(f"in-process measurement failed: {run.inprocess_error}")
-        return
-    run.inprocess = json.loads(lines[-1])
-    ip = run.inprocess
-    print(
-        f"    batch {ip['batch']:.0f}: {ip['batch_images_per_s']:,.0f} images/s; "
-        f"one image: {ip['single_ms_p50']:.2f} ms",
-        flush=True,
-    )
+    """Each runtime in process, each call in a fresh process, interleaved `rounds` times (the
+    machine's speed drifts within minutes: facts.md); `run.inprocess` is the served runtime's."""
+    print("==> in-process ceiling: each runtime without a server", flush=True)
+    names = inprocess_runtimes()
+    for i in range(cfg.inprocess_rounds):
+        for name in names:
+            argv = [sys.executable, "-m", "bench.inprocess", "--tag", champ.bento_tag]
+            argv += ["--batch", str(cfg.batch), "--runtime", name]
+            proc = subprocess.run(
+                argv, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+            )
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                run.inprocess_error = f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"
+                run.problems.append(f"in-process measurement failed: {run.inprocess_error}")
+                return
+            figures = json.loads(lines[-1])
+            run.runtimes.setdefault(name, []).append(figures)
+            print(
+                f"    round {i + 1}, {name} (served as {figures['runtime']}): batch "
+                f"{figures['batch']:.0f}: {figures['batch_images_per_s']:,.0f} images/s; one "
+                f"image: {figures['single_ms_p50']:.2f} ms; loaded in {figures['load_s']:.1f} s",
+                flush=True,
+            )
+    served = run.served_runtime if run.served_runtime in run.runtimes else "keras"
+    rounds = run.runtimes.get(served, [])
+    if rounds:
+        run.inprocess = sorted(rounds, key=lambda f: f["batch_images_per_s"])[len(rounds) // 2]
+
+
+def bench_footprint(cfg: Config, champ: Champion, tmp: Path, run: Run) -> None:
+    """Time to ready and memory per worker, TensorFlow (`keras`) against `auto`."""
+    home = private_home(tmp / "footprint", champ)
+    env = server_env(DIGIT_MODEL_TAG=champ.bento_tag, BENTOML_HOME=str(home))
+    argv = [str(BIN / "bentoml"), "serve", "service.service:DigitClassifier", "--host", "127.0.0.1"]
+    try:
+        run.footprint = footprint.compare(
+            ("keras", "auto"), argv, env, ROOT, tmp, timeout_s=cfg.start_timeout_s
+        )
+    except servers.ServerError as err:
+        run.problems.append(f"footprint: a server did not start: {err}")
 
 
 def bench_score(cfg: Config, champ: Champion, run: Run) -> None:
@@ -411,6 +456,8 @@ def main() -> int:
                 bench_rollout(cfg, champ, Path(tmp), run)
             if cfg.mlflow:
                 bench_mlflow(cfg, champ, Path(tmp), run)
+            if cfg.footprint:
+                bench_footprint(cfg, champ, Path(tmp), run)
         bench_inprocess(cfg, champ, run)
         if cfg.score_pictures:
             bench_score(cfg, champ, run)

@@ -38,6 +38,18 @@ class Architecture(BaseModel):
     multiply_adds: int = Field(description="Multiply-adds of one image's forward pass")
 
 
+class RuntimeCheck(BaseModel):
+    """evaluate's verdict on one runtime (common/runtimes.py): may it serve this model, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    eligible: bool
+    why: str = Field(description="The verdict in words, with its figures")
+    accuracy: float | None = Field(None, description="On the official test set (None: not run)")
+    agreement: float | None = Field(None, description="Share of test digits answered like Keras")
+    layers: dict[str, str] = Field({}, description="int8: each conv/dense layer's precision")
+
+
 class ModelCard(BaseModel):
     # Field names are the metadata keys; unknown keys (a newer writer) are ignored, not fatal.
     model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
@@ -68,6 +80,9 @@ class ModelCard(BaseModel):
     )
     drift_reference: DriftReference | None = Field(
         None, description="The training data's ink statistics (None: packaged without one)"
+    )
+    runtimes: dict[str, RuntimeCheck] = Field(
+        {}, description="evaluate's verdict per runtime ({}: packaged without OpenVINO IRs)"
     )
 
     def to_metadata(self) -> dict:

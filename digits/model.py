@@ -76,11 +76,13 @@ class Model:
 
 def load(tag: str = DEFAULT_TAG) -> Model:
     """The packaged model `tag` names in the BentoML store (default: the champion `make package`
-    put there), loaded, traced and checked by the service's own loader."""
+    put there), loaded on the runtime DIGIT_RUNTIME picks (default `auto`, as the service) and
+    checked by the service's own loader."""
     use_project_stores()
     from service.models import load as load_packaged
+    from service.settings import Settings
 
-    loaded = load_packaged(tag, CHUNK, 1)
+    loaded = load_packaged(tag, CHUNK, 1, 1, Settings.from_env().runtime)
     return Model(loaded, loaded.version, loaded.tag)
 
 

@@ -1,11 +1,13 @@
 """Stage 4, evaluate: score the trained model on the official 10k test set, export it, log it.
 
-Only the test split is used here, and only here: accuracy and per-class scores, accuracy on slices
-of hard images, calibration (ECE, reliability), and the agreement of the SavedModel and TFLite
-exports with the Keras model; and the accuracy on people's held-out feedback (`people`), when
-there is any. The numbers land in metrics/eval.json (for `dvc metrics`), the plots
-in plots/ (for `dvc plots`), the model card rendered from them in docs/model-card.md
-(pipelines/model_card.py), and everything in the same MLflow run as train.
+The test split is scored here, and only here: accuracy and per-class scores, accuracy on slices
+of hard images, calibration (ECE, reliability), the agreement of the SavedModel and TFLite
+exports with the Keras model, and each OpenVINO runtime's accuracy, agreement and eligibility to
+serve (pipelines/openvino_export.py; int8 is calibrated on the validation split, never on test);
+and the accuracy on people's held-out feedback (`people`), when there is any. The numbers land
+in metrics/eval.json (for `dvc metrics`), the plots in plots/ (for `dvc plots`), the model card
+rendered from them in docs/model-card.md (pipelines/model_card.py), and everything in the same
+MLflow run as train.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pipelines.atomic import atomic_path, write_json, write_text
 from pipelines.data import load_feedback, load_split
 from pipelines.export import export_all
 from pipelines.log import start
+from pipelines.openvino_export import OPENVINO_ARTIFACT, export_openvino
 from pipelines.paths import workspace
 from pipelines.tracking import connect, read_json
 
@@ -212,6 +215,12 @@ def log_run(
         mlflow.log_metrics(
             {f"export_agreement_{k}": v for k, v in result["export_agreement"].items()}
         )
+        for name, check in result["runtimes"].items():
+            key = name.replace("-", "_")
+            for figure in ("accuracy", "agreement"):
+                if figure in check:
+                    mlflow.log_metric(f"runtime_{key}_{figure}", check[figure])
+            mlflow.log_metric(f"runtime_{key}_eligible", int(check["eligible"]))
         people = result["people"]
         mlflow.log_metric("people_images", people["images"])
         if people["images"]:
@@ -228,6 +237,7 @@ def log_run(
         mlflow.log_text(card, model_card.ARTIFACT)
         mlflow.log_artifacts(str(ws / layout.SAVED_MODEL), artifact_path="export/saved_model")
         mlflow.log_artifact(str(ws / layout.TFLITE), artifact_path="export")
+        mlflow.log_artifacts(str(ws / layout.OPENVINO), artifact_path=OPENVINO_ARTIFACT)
         return log_model(net, example)
 
 
@@ -245,6 +255,11 @@ def main() -> None:
     result["ece"] = analysis.expected_calibration_error(table)
     result["slices"], result["slice_thresholds"] = analysis.slice_accuracy(x_test, y_true, y_pred)
     result["export_agreement"] = export_all(net, x_test, y_pred, ws)
+    x_val, _ = load_split("val")  # int8 calibration and layer choice: never the test set
+    test = (x_test, y_true, y_pred)
+    result["runtimes"] = export_openvino(
+        net, ws / layout.SAVED_MODEL, ws / layout.OPENVINO, x_val, test, p.evaluate
+    )
     result["people"] = people_scores(net, load_feedback(layout.PEOPLE))
 
     with atomic_path(ws / layout.CONFUSION) as tmp:
@@ -279,11 +294,12 @@ def main() -> None:
     write_text(ws / layout.MODEL_CARD, card)
     write_json(ws / layout.LOGGED_MODEL, {"model_uri": model_uri, "run_id": run_id})
     agree = result["export_agreement"]
+    eligible = [name for name, check in result["runtimes"].items() if check["eligible"]]
     print(
         f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
         f"ECE {result['ece']:.4f} on {result['n_test']} images; exports agree with Keras on "
         f"{agree['saved_model']:.2%} (SavedModel), {agree['tflite']:.2%} (TFLite); "
-        f"logged {model_uri}",
+        f"runtimes eligible to serve: {', '.join(eligible)}; logged {model_uri}",
         file=sys.stderr,
     )
 

@@ -28,6 +28,7 @@ HISTORY = Path("plots/train/history.csv")
 LOGGED_MODEL = Path("models/logged_model.json")
 SAVED_MODEL = Path("models/export/saved_model")
 TFLITE = Path("models/export/model.tflite")
+OPENVINO = Path("models/export/openvino")  # fp32/ and int8/ IRs, runtimes.json
 EVAL_METRICS = Path("metrics/eval.json")
 CONFUSION = Path("plots/confusion.csv")
 RELIABILITY = Path("plots/reliability.csv")

@@ -100,6 +100,7 @@ def render(
         _people(evaluation),
         _calibration(evaluation, reliability, params.evaluate.calibration_bins),
         _exports(evaluation),
+        _runtimes(evaluation),
         _limitations(evaluation, training, confusions, non_digits),
         _validation(evaluation),
     ]
@@ -404,6 +405,40 @@ def _exports(ev: Mapping) -> list[str]:
         "",
         *(f"- {names.get(k, k)}: {pct(v)}" for k, v in agree.items()),
     ]
+
+
+def _runtimes(ev: Mapping) -> list[str]:
+    checks = ev.get("runtimes") or {}
+    if not checks:
+        return []
+    lines = [
+        "### Runtimes",
+        "",
+        "What the service may run this model on (`DIGIT_RUNTIME`; `auto` takes the fastest "
+        "eligible one on its CPU). A reduced-precision runtime is eligible only if it agrees with "
+        "Keras on at least 99.9% of the test set and its accuracy is within 0.05 points; "
+        "otherwise the service uses fp32.",
+        "",
+        "| runtime | test accuracy | agrees with Keras | verdict |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for name, check in checks.items():
+        acc = pct(check["accuracy"]) if "accuracy" in check else "-"
+        agree = pct(check["agreement"]) if "agreement" in check else "-"
+        verdict = ("eligible" if check["eligible"] else "not eligible") + f": {check['why']}"
+        lines.append(f"| {name} | {acc} | {agree} | {verdict} |")
+    layers = checks.get("openvino-int8", {}).get("layers") or {}
+    kept = [name for name, precision in layers.items() if precision == "fp32"]
+    if layers:
+        lines += [
+            "",
+            f"int8: {len(layers) - len(kept)} of {len(layers)} convolution and dense layers in "
+            f"int8, calibrated on {checks['openvino-int8'].get('calibration_images', 0)} "
+            "validation images; kept in fp32 by NNCF's accuracy control on the validation split: "
+            + (", ".join(f"`{name}`" for name in kept) if kept else "none")
+            + ".",
+        ]
+    return lines
 
 
 def _weakest(ev: Mapping) -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -53,14 +54,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from common.card import ModelCard
+from common.card import ModelCard, RuntimeCheck
 from common.drift import REFERENCE_KEY, DriftReference
 from common.image import SHAPE
 from common.rollout import PROBE_FILE, PROBE_IMAGES, pointer, read_pointer, save_probe
+from common.runtimes import OPENVINO_DIR, RUNTIMES_FILE
 from pipelines import layout, model_card
 from pipelines import params as params_mod
 from pipelines.atomic import replace_dir, write_text
 from pipelines.data import load_split
+from pipelines.openvino_export import OPENVINO_ARTIFACT
 from pipelines.paths import tracking_uri, workspace
 from pipelines.redact import redact, redact_tracebacks
 from pipelines.tracking import data_hash
@@ -141,6 +144,22 @@ def markdown_card(run_id: str, dst: Path) -> str | None:
         return None
 
 
+def openvino_irs(run_id: str, dst: Path) -> tuple[Path | None, dict[str, RuntimeCheck]]:
+    """The OpenVINO IRs evaluate logged on the run and its verdict on each runtime, or
+    (None, {}) for a run evaluated before they existed (the service then serves Keras)."""
+    try:
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=OPENVINO_ARTIFACT, dst_path=str(dst)
+            )
+        )
+        checks = json.loads((folder / RUNTIMES_FILE).read_text())
+        return folder, {name: RuntimeCheck.model_validate(c) for name, c in checks.items()}
+    except (MlflowException, OSError, ValueError) as err:
+        print(f"package: no OpenVINO IRs on run {run_id} ({redact(str(err))})", file=sys.stderr)
+        return None, {}
+
+
 def bento_tag(name: str, version: str, run_id: str) -> str:
     """One Bento tag per registry version *and* run: a rebuilt store reusing v1 gets a new tag."""
     return f"{name}:v{version}-{run_id[:8]}"
@@ -211,6 +230,7 @@ def import_champion(
         answers = np.asarray(net(probe[..., None], training=False))
         run = client.get_run(mv.run_id)
         markdown = markdown_card(mv.run_id, Path(tmp) / "card")
+        irs, checks = openvino_irs(mv.run_id, Path(tmp) / "openvino")
         card = ModelCard(
             registered_model=name,
             mlflow_version=str(mv.version),
@@ -231,6 +251,7 @@ def import_champion(
             architecture=summary(net),
             per_class_recall=per_class_recall(run.data.metrics),
             markdown=MARKDOWN_FILE if markdown is not None else "",
+            runtimes=checks,
         )
         staging = ModelStore(Path(tmp) / "store")
         with bentoml.models.create(
@@ -246,6 +267,8 @@ def import_champion(
                 (Path(bento_model.path) / REFERENCE_FILE).write_text(reference.model_dump_json())
             if markdown is not None:
                 (Path(bento_model.path) / MARKDOWN_FILE).write_text(markdown)
+            if irs is not None:
+                shutil.copytree(irs, Path(bento_model.path) / OPENVINO_DIR)
         staged = Path(staging.get(tag).path)
         final = store_root / staged.parent.name / staged.name
         final.parent.mkdir(parents=True, exist_ok=True)

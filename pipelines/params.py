@@ -110,6 +110,10 @@ class Train(_Strict):
 class Evaluate(_Strict):
     calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
     gallery_size: Annotated[int, Field(ge=1, le=400)] = 100
+    # int8 (pipelines/openvino_export.py): calibrated on this many validation images; layers go
+    # back to fp32 until int8 disagrees with Keras on at most this share of the validation split
+    int8_calibration_images: Annotated[int, Field(ge=1, le=10_000)] = 300
+    int8_max_val_disagreement: Annotated[float, Field(ge=0.0, le=0.05)] = 0.0005
 
 
 class Register(_Strict):

@@ -13,22 +13,29 @@ threads; `--threads`/`--intra` choose).
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from common.image import MODEL_INPUT
+from common.runtimes import chunked
 
 CHUNK = 256  # images per graph call (DIGIT_MODEL_BATCH): larger costs memory, not speed, here
 
 
+_sized: list[tuple[int, int]] = []  # the pools' sizes, once set (TensorFlow allows it once)
+
+
 def set_threads(intra: int, parallel: int) -> None:
     """Size TensorFlow's thread pools before it runs any op (BentoML 1.4 does not, per worker):
-    `intra` threads inside an op, room for `parallel` graph calls at once."""
+    `intra` threads inside an op, room for `parallel` graph calls at once. Only the first call
+    sizes them: a worker's later models (a hot swap) share its pools."""
+    if _sized:
+        return
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(parallel)
+    _sized.append((intra, parallel))
 
 
 def traced(model, chunk: int = CHUNK, parallel: int = 1) -> Callable[[np.ndarray], np.ndarray]:
@@ -40,17 +47,8 @@ def traced(model, chunk: int = CHUNK, parallel: int = 1) -> Callable[[np.ndarray
         lambda x: model(x, training=False),
         input_signature=[tf.TensorSpec([None, *MODEL_INPUT], tf.uint8)],
     )
-    pool = ThreadPoolExecutor(parallel, thread_name_prefix="forward") if parallel > 1 else None
 
     def call(images: np.ndarray) -> np.ndarray:
         return graph(images[..., None]).numpy()
 
-    def forward(images: np.ndarray) -> np.ndarray:
-        size = min(chunk, max(1, -(-len(images) // parallel)))
-        parts = [images[i : i + size] for i in range(0, len(images), size)]
-        if len(parts) == 1:
-            return call(parts[0])
-        outs = list(pool.map(call, parts)) if pool else [call(p) for p in parts]
-        return np.concatenate(outs)
-
-    return forward
+    return chunked(call, chunk, parallel)

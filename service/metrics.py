@@ -56,6 +56,13 @@ MODEL_INFO = Gauge(
     ["model_name", "model_version", "run_id", "bento_tag", "role"],
     multiprocess_mode="max",
 )
+MODEL_RUNTIME = Gauge(
+    "digit_model_runtime",
+    "1 while a worker computes this model's answers on this runtime (keras, openvino-fp32, "
+    "openvino-bf16, openvino-int8: DIGIT_RUNTIME); 0 once swapped out",
+    ["model_version", "role", "runtime"],
+    multiprocess_mode="max",
+)
 RELOADS = Counter(
     "digit_model_reloads",
     "Newly packaged models the watcher found, by role and outcome (swapped, load_failed, "
@@ -207,6 +214,7 @@ def export_reference(reference: DriftReference, model_version: str) -> None:
 def serving(info, role: str, on: bool = True) -> None:
     """Say which model this worker serves in `role` (digit_model_info 1), or no longer (0)."""
     MODEL_INFO.labels(info.name, info.version, info.run_id, info.bento_tag, role).set(int(on))
+    MODEL_RUNTIME.labels(info.version, role, info.runtime).set(int(on))
 
 
 def model_accuracy(info) -> None:

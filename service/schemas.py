@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, Field, Strict
 
-from common.card import Architecture, ModelCard
+from common.card import Architecture, ModelCard, RuntimeCheck
 from common.feedback_store import MAX_VERSION
 from common.image import SIDE
 
@@ -94,10 +94,21 @@ class ModelInfo(BaseModel):
     model_card: str | None = Field(
         description="Where the Markdown model card is served (None: packaged without one)"
     )
+    runtime: str = Field(
+        "keras", description="What computes the answers: keras, openvino-fp32, -bf16 or -int8"
+    )
+    runtime_reason: str = Field(
+        "", description="DIGIT_RUNTIME, and why faster runtimes were passed over"
+    )
+    runtimes: dict[str, RuntimeCheck] = Field(
+        {}, description="evaluate's verdict per runtime: test accuracy, agreement with Keras"
+    )
     rollout: Rollout | None = None
 
     @classmethod
-    def of(cls, card: ModelCard, bento_tag: str) -> ModelInfo:
+    def of(
+        cls, card: ModelCard, bento_tag: str, runtime: str = "keras", runtime_reason: str = ""
+    ) -> ModelInfo:
         return cls(
             name=card.registered_model,
             version=card.mlflow_version,
@@ -117,6 +128,9 @@ class ModelInfo(BaseModel):
             per_class_recall=card.per_class_recall,
             architecture=card.architecture,
             model_card=MODEL_CARD_PATH if card.markdown else None,
+            runtime=runtime,
+            runtime_reason=runtime_reason,
+            runtimes=card.runtimes,
         )
 
 

@@ -36,7 +36,6 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from service import feedback, metrics, models
 from service.batcher import CHALLENGER, CHAMPION, MicroBatcher, Overloaded
 from service.explain import explain as explain_image
-from service.forward import set_threads
 from service.http import fastlane
 from service.http.asgi import error_response
 from service.http.bodies import endpoint_bodies
@@ -199,8 +198,9 @@ class DigitClassifier:
             async with self.explain_slots():
                 loop = asyncio.get_running_loop()
                 served = self.champion
+                # with OpenVINO serving, TensorFlow and Keras load at the first /explain
                 answer = await loop.run_in_executor(
-                    self._explainer, explain_image, served.model, x[0]
+                    self._explainer, lambda: explain_image(served.keras(), x[0])
                 )
         except Rejected as exc:
             return self._refuse("explain", exc, ctx)
@@ -329,7 +329,6 @@ class DigitClassifier:
     # --- one worker's model ----------------------------------------------------------------------
 
     def __init__(self) -> None:
-        set_threads(SETTINGS.threads, SETTINGS.parallel)
         # the feedback database opens in its own thread while the model loads
         self.feedback_loop = feedback.Loop(SETTINGS) if SETTINGS.feedback else None
         self.draining = False
@@ -370,7 +369,8 @@ class DigitClassifier:
 
     @staticmethod
     def _load(tag: str) -> Loaded:
-        return models.load(tag, SETTINGS.model_batch, SETTINGS.parallel)
+        args = (SETTINGS.model_batch, SETTINGS.parallel, SETTINGS.threads, SETTINGS.runtime)
+        return models.load(tag, *args)
 
     def _announce(self, role: str, served: Loaded) -> None:
         metrics.serving(served.info, role)

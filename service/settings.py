@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,6 +41,9 @@ class Settings(BaseModel):
     # The Bento model to serve. `make` passes `<register.model_name>:latest` from params.yaml;
     # the service itself reads no training config.
     model_tag: str = "mnist-cnn:latest"
+    # What computes the answers (service/runtime.py): auto = the fastest runtime evaluate found
+    # eligible for the model that runs on this CPU; a named one falls back to slower ones.
+    runtime: Literal["auto", "keras", "openvino-fp32", "openvino-bf16", "openvino-int8"] = "auto"
     # 2 workers without the access log serve 1.7-2× the requests of 1 worker with it.
     workers: Positive = 2
     # TF threads inside an op, per worker; unset: the cores shared out over the workers (2 × 1

@@ -232,3 +232,26 @@ def test_the_architecture_summary_adds_up_to_keras_own_counts(tiny_net):
     assert arch.layers[0].output_shape == [28, 28, 1]  # the scaling keeps the input's shape
     # the card the service reads keeps it through the metadata round trip
     assert Architecture.model_validate(json.loads(arch.model_dump_json())) == arch
+
+
+def test_the_runtimes_table_gives_each_verdict_and_the_layers_kept_in_fp32():
+    checks = {
+        "keras": {"accuracy": 0.9963, "agreement": 1.0, "eligible": True, "why": "the reference"},
+        "openvino-fp32": {"accuracy": 0.9963, "agreement": 1.0, "eligible": True, "why": "ok"},
+        "openvino-bf16": {"eligible": False, "why": "not measured: this CPU has no bf16"},
+        "openvino-int8": {
+            "accuracy": 0.9948,
+            "agreement": 0.9971,
+            "eligible": False,
+            "why": "agrees with Keras on 99.71% of the test (< 99.9%)",
+            "layers": {"conv1_1": "fp32", "conv1_2": "int8", "dense": "int8"},
+            "calibration_images": 300,
+        },
+    }
+    text = section(card({**EVALUATION, "runtimes": checks}), "### Runtimes")
+    assert "| openvino-int8 | 99.48% | 99.71% | not eligible: agrees with Keras on 99.71%" in text
+    assert "| openvino-bf16 | - | - | not eligible: not measured" in text
+    assert "| openvino-fp32 | 99.63% | 100.00% | eligible: ok |" in text
+    assert "int8: 2 of 3 convolution and dense layers in int8, calibrated on 300" in text
+    assert "accuracy control on the validation split: `conv1_1`." in text
+    assert "### Runtimes" not in card(EVALUATION)  # evaluated before runtimes existed

@@ -69,6 +69,7 @@ def test_every_field_is_read_from_its_variable():
         "feedback_window_s": ("5", 5.0),
         "feedback_max_rows": ("5", 5),
         "feedback_queue_below": ("0.5", 0.5),
+        "runtime": ("openvino-int8", "openvino-int8"),
     }
     assert set(values) == set(Settings.model_fields)  # a new field gets a case here
     env = {f"DIGIT_{field.upper()}": raw for field, (raw, _) in values.items()}

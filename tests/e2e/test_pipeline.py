@@ -175,6 +175,63 @@ def test_evaluate_reports_slices_calibration_and_exports(ws):
         assert metrics[f"test_recall_digit_{digit}"] == scores["recall"]
 
 
+def test_evaluate_builds_and_judges_the_openvino_runtimes(ws):
+    """fp32 and int8 IRs under models/export/openvino, each rescored here from the saved files
+    on the test split: the figures and verdicts in eval.json are what they compute, the rule is
+    the one in common/runtimes.py, and IRs, verdicts and metrics are on the MLflow run."""
+    from common import runtimes
+
+    d = ws["dir"]
+    evaluation = json.loads((d / "metrics/eval.json").read_text())
+    checks = evaluation["runtimes"]
+    assert set(checks) == set(runtimes.RUNTIMES)
+    assert checks["keras"]["accuracy"] == evaluation["accuracy"]
+    folder = d / "models/export/openvino"
+    assert json.loads((folder / runtimes.RUNTIMES_FILE).read_text()) == checks
+    with np.load(d / "data/prepared/test.npz") as f:
+        x_test, y_test = f["x"], f["y"]
+    keras_digits = np.loadtxt(d / "plots/confusion.csv", delimiter=",", skiprows=1)[:, 1]
+    measured = [r for r in (runtimes.FP32, runtimes.BF16, runtimes.INT8) if "accuracy" in checks[r]]
+    assert runtimes.FP32 in measured  # fp32 is always built and scored
+    for name in measured:
+        forward = runtimes.openvino_forward(folder / runtimes.IR[name], name, chunk=64)
+        digits = forward(x_test).argmax(axis=1)
+        assert checks[name]["accuracy"] == pytest.approx(np.mean(digits == y_test), abs=1e-12)
+        assert checks[name]["agreement"] == pytest.approx(np.mean(digits == keras_digits))
+        rule = runtimes.verdict(
+            checks[name]["accuracy"], checks[name]["agreement"], evaluation["accuracy"]
+        )
+        assert (checks[name]["eligible"], checks[name]["why"]) == rule
+    assert checks[runtimes.FP32]["agreement"] >= 0.999  # the same arithmetic as Keras
+    # bf16 is measured exactly where the CPU has it (AVX-512 BF16; none on Zen 3)
+    has_bf16 = "BF16" in runtimes.cpu_capabilities()
+    assert (runtimes.BF16 in measured) == has_bf16
+    # int8: every conv and dense layer named, and where any layer is int8 its IR holds int8
+    # weights; the layers kept in fp32 were chosen on the validation split, never by name
+    layers = checks[runtimes.INT8]["layers"]
+    assert len(layers) == 4 and set(layers.values()) <= {"int8", "fp32"}  # TINY: 2 conv + 2 dense
+    if "int8" in layers.values():
+        assert runtimes.INT8 in measured
+        assert (folder / "int8/model.bin").stat().st_size < (
+            folder / "fp32/model.bin"
+        ).stat().st_size
+    else:
+        assert not checks[runtimes.INT8]["eligible"] and not (folder / "int8").exists()
+
+    c = client(ws)
+    run_id = json.loads((d / "models/mlflow_run.json").read_text())["run_id"]
+    logged = {a.path for a in c.list_artifacts(run_id, "export/openvino")}
+    assert {"export/openvino/fp32", "export/openvino/runtimes.json"} <= logged
+    metrics = c.get_run(run_id).data.metrics
+    for name in measured:
+        key = name.replace("-", "_")
+        assert metrics[f"runtime_{key}_agreement"] == pytest.approx(checks[name]["agreement"])
+        assert metrics[f"runtime_{key}_eligible"] == int(checks[name]["eligible"])
+    card = (d / "docs/model-card.md").read_text()
+    assert "### Runtimes" in card
+    assert f"| openvino-fp32 | {100 * checks['openvino-fp32']['accuracy']:.2f}% |" in card
+
+
 def test_evaluate_renders_the_model_card_from_its_metrics(ws):
     """docs/model-card.md, generated: the numbers of eval.json and the run's lineage tags, the
     net's own summary, and the same text logged on the run."""

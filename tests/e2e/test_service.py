@@ -4,7 +4,7 @@ The session fixture `served` (tests/conftest.py) trains the fixture model (`dvc 
 the champion and serves it with small limits (so the over-limit cases stay small); `bento_served`
 serves the Bento built from it, with the /predict fast lane off. Every test that takes `server`
 runs against both: every endpoint, every kind of bad input and the metrics, over HTTP; the
-expected answers come from the packaged Keras model in-process."""
+expected answers come from the packaged model in process, on the runtime the server chose."""
 
 from __future__ import annotations
 
@@ -53,12 +53,21 @@ def server(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def keras_model(ws):
-    import keras
+def served_model(ws):
+    """The packaged model on the runtime the server picked (GET /model), computed in process:
+    the server must answer exactly this (tests/e2e/test_runtimes.py compares runtimes)."""
+    from common import runtimes
 
     models = Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL
-    path = models / (models / "latest").read_text().strip() / "model.keras"  # what is served
-    return keras.saving.load_model(path, compile=False)
+    folder = models / (models / "latest").read_text().strip()  # what is served
+    runtime = requests.get(f"{ws['url']}/model", timeout=30).json()["runtime"]
+    if runtime != runtimes.KERAS:
+        xml = folder / runtimes.OPENVINO_DIR / runtimes.IR[runtime]
+        return runtimes.openvino_forward(xml, runtime, chunk=256)
+    import keras
+
+    net = keras.saving.load_model(folder / "model.keras", compile=False)
+    return lambda x: np.asarray(net(x[..., None], training=False))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +77,7 @@ def digits():
 
 
 def expected(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model(x[..., None], training=False))
+    return np.asarray(model(x))
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -108,9 +117,9 @@ def post_image(url: str, data: bytes, name: str = "digit.png") -> requests.Respo
     return requests.post(f"{url}/predict_image", files={"image": (name, data)}, timeout=60)
 
 
-def test_predict_takes_0_255_ints_and_0_1_floats(server, keras_model, digits):
+def test_predict_takes_0_255_ints_and_0_1_floats(server, served_model, digits):
     x = digits[0][:5]
-    want = expected(keras_model, x)
+    want = expected(served_model, x)
     for i in range(len(x)):
         ints = requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=30)
         floats = requests.post(
@@ -126,9 +135,9 @@ def test_predict_takes_0_255_ints_and_0_1_floats(server, keras_model, digits):
             assert body["probabilities"] == pytest.approx(want[i].tolist(), abs=1e-5)
 
 
-def test_batch_json_and_npy_answer_every_item_like_the_model(server, keras_model, digits):
+def test_batch_json_and_npy_answer_every_item_like_the_model(server, served_model, digits):
     x = digits[0][:MAX_BATCH]
-    want = expected(keras_model, x).argmax(axis=1).tolist()
+    want = expected(served_model, x).argmax(axis=1).tolist()
     as_json = requests.post(f"{server}/predict_batch", json={"images": x.tolist()}, timeout=60)
     as_npy = post_npy(server, x)
     for r in (as_json, as_npy):
@@ -138,12 +147,14 @@ def test_batch_json_and_npy_answer_every_item_like_the_model(server, keras_model
         assert [p["digit"] for p in body["predictions"]] == want
 
 
-def test_concurrent_single_requests_are_batched_and_answered_correctly(server, keras_model, digits):
+def test_concurrent_single_requests_are_batched_and_answered_correctly(
+    server, served_model, digits
+):
     """48 connections, opened first, then all sending at once: the requests that reach a worker
     together must share model calls (fewer calls than requests), and each caller must still get
     its own image's answer back."""
     x = digits[0][:48]
-    want = expected(keras_model, x).argmax(axis=1).tolist()
+    want = expected(served_model, x).argmax(axis=1).tolist()
     host, port = server.removeprefix("http://").split(":")
     conns = [http.client.HTTPConnection(host, int(port), timeout=60) for _ in x]
     for conn in conns:
@@ -172,7 +183,7 @@ def test_concurrent_single_requests_are_batched_and_answered_correctly(server, k
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_uploads_in_every_format_are_read_like_mnist(server, keras_model, digits, style):
+def test_uploads_in_every_format_are_read_like_mnist(server, served_model, digits, style):
     x = digits[0][:6]
     for i in range(len(x)):
         upload = render(x[i], style, seed=i)
@@ -184,7 +195,7 @@ def test_uploads_in_every_format_are_read_like_mnist(server, keras_model, digits
         # holds that to the digit sent), and the answer is the model's for what it saw
         assert np.array_equal(seen, from_image_bytes(upload))
         assert r.headers["X-Model-Version"] == body["model_version"] == "1"
-        assert body["digit"] == int(expected(keras_model, seen[None])[0].argmax())
+        assert body["digit"] == int(expected(served_model, seen[None])[0].argmax())
 
 
 def test_canvas_data_url_goes_the_same_way_as_an_upload(server, digits):
@@ -200,21 +211,22 @@ def test_canvas_data_url_goes_the_same_way_as_an_upload(server, digits):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_uploaded_pictures_score_within_half_a_point_of_raw_digits(keras_model, digits, style):
+def test_uploaded_pictures_score_within_half_a_point_of_raw_digits(served_model, digits, style):
     """The bar for people's pictures (docs/api.md), for every upload style: the fixture's 200 test
     digits uploaded that way and made MNIST-like by service.inputs (exactly what the server does,
     test_uploads_in_every_format_are_read_like_mnist) score at most 0.5 points below the raw
     28×28s, with the served fixture model. In process: the HTTP side is the test above."""
     x, y = digits
-    raw = np.mean(expected(keras_model, x).argmax(axis=1) == y)
+    raw = np.mean(expected(served_model, x).argmax(axis=1) == y)
     seen = np.stack([from_image_bytes(render(x[i], style, seed=i)) for i in range(len(x))])
-    acc = np.mean(expected(keras_model, seen).argmax(axis=1) == y)
+    acc = np.mean(expected(served_model, seen).argmax(axis=1) == y)
     assert acc >= raw - 0.005, (style, acc, raw)
 
 
-def test_model_info_says_what_is_served(ws, server, keras_model):
+def test_model_info_says_what_is_served(ws, server):
     from datetime import UTC, datetime
 
+    import keras
     from mlflow.tracking import MlflowClient
 
     from pipelines.model import forward_macs
@@ -243,10 +255,15 @@ def test_model_info_says_what_is_served(ws, server, keras_model):
     evaluation = json.loads((ws["dir"] / "metrics/eval.json").read_text())
     assert body["per_class_recall"] == {d: s["recall"] for d, s in evaluation["per_class"].items()}
     arch = body["architecture"]
-    assert arch["parameters"] == keras_model.count_params() > 0
+    models = Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL
+    folder = models / (models / "latest").read_text().strip()
+    net = keras.saving.load_model(folder / "model.keras", compile=False)
+    assert arch["parameters"] == net.count_params() > 0
     assert sum(layer["parameters"] for layer in arch["layers"]) == arch["parameters"]
-    assert arch["multiply_adds"] == forward_macs(keras_model)
-    assert [layer["name"] for layer in arch["layers"]] == [x.name for x in keras_model.layers[1:]]
+    assert arch["multiply_adds"] == forward_macs(net)
+    assert [layer["name"] for layer in arch["layers"]] == [x.name for x in net.layers[1:]]
+    # what computes the answers, and evaluate's verdicts (tests/e2e/test_runtimes.py: which)
+    assert body["runtime"] in evaluation["runtimes"] and body["runtimes"]
     # the Markdown model card evaluate rendered, served as is
     assert body["model_card"] == "/model/card"
     card = requests.get(f"{server}{body['model_card']}", timeout=10)
@@ -254,9 +271,9 @@ def test_model_info_says_what_is_served(ws, server, keras_model):
     assert card.text == (ws["dir"] / "docs/model-card.md").read_text()
 
 
-def test_metrics_count_exactly_what_was_sent(server, keras_model, digits):
+def test_metrics_count_exactly_what_was_sent(server, served_model, digits):
     x = digits[0][:7]
-    want = expected(keras_model, x).argmax(axis=1)
+    want = expected(served_model, x).argmax(axis=1)
     before = scrape(server)
     for i in range(len(x)):
         assert requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=30).ok
