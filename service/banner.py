@@ -15,7 +15,7 @@ def main() -> None:
 ==> serving the champion on {base}
     Draw a digit:        {base}/
     API docs (Swagger):  {base}/docs      (OpenAPI spec: {base}/docs.json)
-    What is served:      {base}/model
+    What is served:      {base}/model     (registry version, runtime: DIGIT_RUNTIME)
     Metrics:             {base}/metrics
     Health:              {base}/livez  {base}/readyz
     Try it (a real MNIST test digit, a 7):
