@@ -56,7 +56,7 @@ def verdict(accuracy: float, agreement: float, keras_accuracy: float) -> tuple[b
     if drop > MAX_ACCURACY_DROP + ROUNDING:
         return False, f"test accuracy {drop * 100:.2f} points below Keras (> 0.05)"
     change = (accuracy - keras_accuracy) * 100
-    return True, f"agrees on {agreement:.2%}, accuracy {change:+.2f} points: eligible"
+    return True, f"agrees on {agreement:.2%}, accuracy {change:+.2f} points"
 
 
 def cpu_capabilities() -> set[str]:

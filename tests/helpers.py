@@ -226,3 +226,14 @@ def second_server_env(env: dict[str, str], home: Path) -> dict[str, str]:
         env["BENTOML_HOME"], home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir")
     )
     return {**env, "BENTOML_HOME": str(home)}
+
+
+def probability_bound(url: str, exact: float = 1e-5) -> float:
+    """How far a probability the server at `url` answers may be from Keras' own: float rounding
+    on Keras or OpenVINO fp32, the reduced precision's bound on int8 or bf16 (common/runtimes)."""
+    import requests
+
+    from common import runtimes
+
+    runtime = requests.get(f"{url}/model", timeout=30).json()["runtime"]
+    return exact if runtime in (runtimes.KERAS, runtimes.FP32) else runtimes.REDUCED_PROBE_TOLERANCE

@@ -17,8 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from common import runtimes
-from tests.helpers import BIN, REPO, run
+from tests.helpers import BIN, REPO, probability_bound, run
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO / "examples"
@@ -71,8 +70,7 @@ def test_predict_mlflow(served, tmp_path, predicted):
     digit, confidence = answer(out, "mlflow")
     assert digit == predicted["digit"]
     # MLflow runs the Keras model: eager vs traced, and the served runtime's precision
-    runtime = requests.get(f"{served['url']}/model", timeout=30).json()["runtime"]
-    bound = 1e-5 if runtime in (runtimes.KERAS, runtimes.FP32) else runtimes.REDUCED_PROBE_TOLERANCE
+    bound = probability_bound(served["url"])
     assert confidence == pytest.approx(predicted["confidence"], abs=bound)
 
 
