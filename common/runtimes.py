@@ -59,9 +59,22 @@ def verdict(accuracy: float, agreement: float, keras_accuracy: float) -> tuple[b
     return True, f"agrees on {agreement:.2%}, accuracy {change:+.2f} points"
 
 
+def no_telemetry() -> None:
+    """Decline OpenVINO's usage telemetry for this process, before openvino is imported: `import
+    openvino` sets it up (a client id in ~/intel/), its converter and NNCF send events to Google
+    Analytics unless the user ran `opt_in_out --opt_out`. Neither a pipeline stage nor a server
+    may reach the network on its own, and the sender, which forks inside a TensorFlow process,
+    hung an evaluate here on a machine without internet."""
+    from openvino_telemetry.utils import opt_in_checker
+
+    declined = opt_in_checker.ConsentCheckResult.DECLINED
+    opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined
+
+
 def cpu_capabilities() -> set[str]:
     """What OpenVINO's CPU plugin can use here (FP32, BF16, INT8, ...): AVX-512 BF16 and VNNI
     exist on some machines of this kind and not on others."""
+    no_telemetry()
     import openvino as ov
 
     return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -78,6 +91,7 @@ def openvino_forward(
     """The IR at `xml`, compiled for `runtime` → a function uint8 (n, 28, 28) → probabilities
     (n, 10), at most `chunk` images per inference and up to `streams` of them at once (each on
     `threads` threads), like the Keras call in service/forward.py."""
+    no_telemetry()
     import openvino as ov
 
     core = ov.Core()

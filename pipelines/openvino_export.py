@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common import runtimes
-from common.runtimes import RUNTIMES_FILE
+from common.runtimes import RUNTIMES_FILE, no_telemetry
 from pipelines.atomic import atomic_dir
 from pipelines.params import Evaluate
 
@@ -40,6 +40,7 @@ QUANTIZABLE = {"Convolution", "MatMul", "GroupConvolution"}
 
 def convert(saved_model: Path):
     """A fresh ov.Model of the SavedModel (uint8 pixels in, probabilities out)."""
+    no_telemetry()
     import openvino as ov
 
     return ov.convert_model(str(saved_model))
@@ -84,6 +85,7 @@ def quantize_int8(saved_model: Path, x_val: np.ndarray, keras_val: np.ndarray, c
     """NNCF int8 with accuracy control on the validation split (see the module's docstring)."""
     import logging
 
+    no_telemetry()
     import nncf
 
     nncf.set_log_level(logging.WARNING)
