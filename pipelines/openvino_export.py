@@ -2,7 +2,8 @@
 the official test set as the service would run it.
 
 fp32 is the SavedModel converted as it is. int8 is NNCF's post-training quantization, calibrated
-on the first `evaluate.int8_calibration_images` of the validation split, with NNCF's accuracy
+on the first `evaluate.int8_calibration_images` of the validation split (with NNCF's full bias
+correction unless `evaluate.int8_fast_bias_correction`), with NNCF's accuracy
 control choosing the layers that stay fp32 by measurement: it quantizes every layer, ranks the
 layers by how much quantizing each one changes the answers on the validation split, and returns
 them to fp32, most harmful first, until int8 agrees with Keras on all but
@@ -104,6 +105,7 @@ def quantize_int8(saved_model: Path, x_val: np.ndarray, keras_val: np.ndarray, c
         max_drop=cfg.int8_max_val_disagreement,
         drop_type=nncf.DropType.ABSOLUTE,
         subset_size=len(calibration),
+        fast_bias_correction=cfg.int8_fast_bias_correction,
     )
 
 

@@ -114,6 +114,7 @@ class Evaluate(_Strict):
     # back to fp32 until int8 disagrees with Keras on at most this share of the validation split
     int8_calibration_images: Annotated[int, Field(ge=1, le=10_000)] = 300
     int8_max_val_disagreement: Annotated[float, Field(ge=0.0, le=0.05)] = 0.0005
+    int8_fast_bias_correction: bool = False  # NNCF's quick bias correction instead of the full one
 
 
 class Register(_Strict):
