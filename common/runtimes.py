@@ -15,7 +15,7 @@ openvino is imported inside the functions: importing this module costs nothing.
 
 from __future__ import annotations
 
-import queue
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,19 +106,28 @@ def openvino_forward(
             "ENABLE_CPU_PINNING": False,
         },
     )
-    requests: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(streams):
-        requests.put(compiled.create_infer_request())
+    # Chunks run side by side in OpenVINO's own threads (AsyncInferQueue, one request a
+    # stream), submitted from the calling thread only: infer() on requests of one compiled model
+    # from several Python threads at once deadlocked here (both stuck setting their input's shape).
+    jobs = ov.AsyncInferQueue(compiled, streams)
+    answers: dict[int, np.ndarray] = {}
+    jobs.set_callback(
+        lambda request, i: answers.__setitem__(i, request.get_output_tensor(0).data.copy())
+    )
+    one_call = threading.Lock()  # callers share the queue: one forward at a time
 
-    def call(images: np.ndarray) -> np.ndarray:
-        request = requests.get()
-        try:
-            request.infer({0: np.ascontiguousarray(images[..., None])})
-            return request.get_output_tensor(0).data.copy()  # the request reuses its buffer
-        finally:
-            requests.put(request)
+    def forward(images: np.ndarray) -> np.ndarray:
+        size = min(chunk, max(1, -(-len(images) // streams)))
+        with one_call:
+            answers.clear()
+            for i, start in enumerate(range(0, len(images), size)):
+                jobs.start_async(
+                    {0: np.ascontiguousarray(images[start : start + size, ..., None])}, i
+                )
+            jobs.wait_all()
+            return np.concatenate([answers[i] for i in range(len(answers))])
 
-    return chunked(call, chunk, streams)
+    return forward
 
 
 def chunked(

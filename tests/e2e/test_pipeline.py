@@ -34,6 +34,7 @@ from tests.helpers import (
     isolated_env,
     make_workspace,
     only_always_run,
+    probability_bound,
     run,
     serving,
     set_params,
@@ -389,6 +390,7 @@ def test_predict_answers_with_the_champion(ws, server):
     model_path = Path(ws["env"]["BENTOML_HOME"]) / "models" / MODEL
     keras_file = model_path / (model_path / "latest").read_text().strip() / "model.keras"
     expected = keras.saving.load_model(keras_file, compile=False).predict(x[..., None], verbose=0)
+    bound = probability_bound(server)  # Keras' own numbers, or int8's within the rule
     correct = 0
     for i in range(len(x)):
         r = requests.post(f"{server}/predict", json={"image": x[i].tolist()}, timeout=30)
@@ -398,7 +400,7 @@ def test_predict_answers_with_the_champion(ws, server):
         assert len(body["probabilities"]) == 10
         assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-4)
         assert body["digit"] == int(expected[i].argmax())
-        assert body["confidence"] == pytest.approx(float(expected[i].max()), abs=1e-5)
+        assert body["confidence"] == pytest.approx(float(expected[i].max()), abs=bound)
         correct += body["digit"] == int(y[i])
     assert correct / len(x) >= 0.5
 
