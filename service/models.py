@@ -134,9 +134,12 @@ def load(tag: str, chunk: int, parallel: int, threads: int = 1, wanted: str = AU
         tried = runtime.candidates(wanted, card, folder)
     except Exception as exc:  # anything: the old model keeps serving
         raise LoadFailed(tag, "load", f"{type(exc).__name__}: {exc}") from exc
-    passed = [f"{c.runtime} {c.skipped}" for c in tried if c.skipped]
-    for candidate in (c for c in tried if not c.skipped):
+    passed = []  # the faster runtimes not taken, and why
+    for candidate in tried:
         name, last = candidate.runtime, candidate.runtime == KERAS
+        if candidate.skipped:
+            passed.append(f"{name} {candidate.skipped}")
+            continue
         try:
             infer = runtime.build(name, folder, keras_model, chunk, parallel, threads)
             infer(np.zeros((1, *SHAPE), np.uint8))  # build the graph before the first request

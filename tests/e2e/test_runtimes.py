@@ -76,6 +76,8 @@ def test_auto_serves_the_fastest_eligible_runtime_and_says_so(served, info):
     assert info["runtime_reason"].startswith("DIGIT_RUNTIME=auto")
     for faster in runtimes.FASTEST_FIRST[: runtimes.FASTEST_FIRST.index(want)]:
         assert faster in info["runtime_reason"]  # each faster one passed over, with why
+    for slower in runtimes.FASTEST_FIRST[runtimes.FASTEST_FIRST.index(want) + 1 :]:
+        assert slower not in info["runtime_reason"]  # only what was passed over is named
     url = served["url"]
     labels = {"model_version": info["version"], "role": "champion"}
     assert metric(url, "digit_model_runtime", runtime=want, **labels) == 1
