@@ -62,7 +62,7 @@ REASONS: dict[str, Reason] = {
     ),
     "too_costly": Reason(
         413,
-        "a picture whose decoding took over `DIGIT_DECODE_TIMEOUT_S` or "
+        "a picture whose decoding took over `DIGIT_DECODE_TIMEOUT_S` of CPU or "
         "`DIGIT_DECODE_MEMORY_MB` (e.g. thousands of progressive scans), stopped there",
     ),
     "blank_image": Reason(
@@ -131,7 +131,8 @@ REASONS: dict[str, Reason] = {
     "overloaded": Reason(
         503,
         "more than `DIGIT_MAX_QUEUE` images already waiting, or `DIGIT_MAX_WAITING` pictures, "
-        "explanations or feedback writes per worker (with `Retry-After`)",
+        "explanations or feedback writes per worker, or a decoder left too little CPU to finish "
+        "(with `Retry-After`)",
     ),
 }
 

@@ -5,8 +5,10 @@ BMP that Pillow decodes in pure Python holding the GIL, runs for seconds to minu
 request timeout says, and a small PNG can inflate to hundreds of MB. So each worker decodes in
 `slots` long-lived child processes (forked from a forkserver that imported only Pillow and numpy,
 never TensorFlow), each with an address-space limit and a lower CPU priority than the worker, and
-kills and replaces a child that takes longer than `timeout_s`. `Slots` caps how many requests may
-wait for one; past that the caller gets `Overloaded` (a 503 with Retry-After), not a longer queue.
+kills and replaces a child that has burnt more than `timeout_s` of CPU on one picture (a starved
+one, past WALL_FACTOR × that of waiting, gives `Overloaded`), or that hit its memory limit. `Slots`
+caps how many requests may wait for one; past that the caller gets `Overloaded` (a 503 with
+Retry-After), not a longer queue.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
@@ -25,6 +28,12 @@ from service.refusals import Rejected
 
 PRELOAD = ["service.inputs.pictures", "service.inputs.data_urls", "service.sandbox"]
 NICE = 10  # decoding yields the CPU to the workers' event loops and the model
+# A decode is refused past DIGIT_DECODE_TIMEOUT_S of its own CPU time, and given up (a 503) past
+# this many times that of waiting, when busy workers leave the niced decoder too little CPU.
+WALL_FACTOR = 4
+MIN_WAIT_S = 0.01
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_DONE, _REFUSED, _SPENT = "done", "refused", "spent"  # what a child answers, with a value
 
 
 class Slots:
@@ -62,7 +71,7 @@ class Sandbox:
     """`await sandbox(fn, *args)`: fn(*args) in a child process, within the bounds above.
 
     fn and args must pickle (module-level functions, bytes, dataclasses); `Rejected` comes back
-    as itself, a killed or crashed child as Rejected("too_costly").
+    as itself, a killed or crashed child as Rejected("too_costly"), a starved one as Overloaded.
     """
 
     def __init__(self, slots: int, timeout_s: float, memory_bytes: int, max_waiting: int) -> None:
@@ -103,18 +112,11 @@ class _Child:
     def run(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
         if self.process is None or not self.process.is_alive():
             self._start()
-        assert self.conn is not None
+        assert self.conn is not None and self.process is not None
         self.conn.send((fn, args))
-        if not self.conn.poll(timeout_s):
-            self.stop()
-            raise Rejected(
-                "too_costly",
-                f"decoding this picture took more than {timeout_s:g} s "
-                "(DIGIT_DECODE_TIMEOUT_S); send a smaller or simpler file (a baseline JPEG or a "
-                "PNG of a few hundred pixels a side)",
-            )
+        self._wait(self.process.pid, timeout_s)
         try:
-            ok, value = self.conn.recv()
+            status, value = self.conn.recv()
         except (EOFError, OSError):  # the child died: its memory limit, most likely
             self.stop()
             raise Rejected(
@@ -122,9 +124,43 @@ class _Child:
                 f"decoding this picture needed more than {self.memory_bytes // 2**20:,} MiB "
                 "(DIGIT_DECODE_MEMORY_MB); send a smaller picture",
             ) from None
-        if ok:
+        if status == _DONE:
             return value
+        if status == _SPENT:  # a heap that hit its limit may stay fragmented: start afresh
+            self.stop()
         raise value
+
+    def _wait(self, pid: int | None, timeout_s: float) -> None:
+        """Wait until the child answers; past `timeout_s` of its CPU time raise Rejected, past
+        WALL_FACTOR × that of waiting Overloaded (the child is killed first in both cases).
+
+        The cost of a picture is the CPU its decoding burns: counted in wall time, a legitimate
+        picture was refused whenever the decoder (niced) waited behind busy workers.
+        """
+        assert self.conn is not None
+        started, cpu_before = time.monotonic(), _cpu_seconds(pid)
+        wall_s = WALL_FACTOR * timeout_s
+        while True:
+            spent = _cpu_seconds(pid) - cpu_before
+            waited = time.monotonic() - started
+            if spent >= timeout_s:
+                self.stop()
+                raise Rejected(
+                    "too_costly",
+                    f"decoding this picture took more than {timeout_s:g} s of CPU "
+                    "(DIGIT_DECODE_TIMEOUT_S); send a smaller or simpler file (a baseline JPEG "
+                    "or a PNG of a few hundred pixels a side)",
+                )
+            if waited >= wall_s:
+                self.stop()
+                raise Overloaded(
+                    f"this worker's picture decoder got too little CPU to finish within "
+                    f"{wall_s:g} s (the server is busy); retry shortly"
+                )
+            # CPU time never runs ahead of the clock (one thread), so waiting for the CPU budget
+            # left wakes no earlier than needed: one wait when the child has a core to itself
+            if self.conn.poll(min(max(timeout_s - spent, MIN_WAIT_S), wall_s - waited)):
+                return
 
     def _start(self) -> None:
         context = multiprocessing.get_context("forkserver")
@@ -156,17 +192,27 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
         except (EOFError, OSError):  # the worker is gone
             return
         try:
-            conn.send((True, fn(*args)))
+            conn.send((_DONE, fn(*args)))
         except Rejected as exc:
-            conn.send((False, exc))
+            conn.send((_REFUSED, exc))
         except MemoryError:
-            conn.send((False, Rejected("too_costly", _MEMORY.format(memory_bytes // 2**20))))
+            conn.send((_SPENT, Rejected("too_costly", _MEMORY.format(memory_bytes // 2**20))))
         except Exception as exc:  # a decoder bug is still the file's doing: refuse, don't 500
             message = f"cannot decode the picture ({type(exc).__name__}); send PNG or JPEG"
-            conn.send((False, Rejected("not_an_image", message)))
+            conn.send((_REFUSED, Rejected("not_an_image", message)))
 
 
 _MEMORY = "decoding this picture needs over {:,} MiB (DIGIT_DECODE_MEMORY_MB); send a smaller one"
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time of process `pid` (all its threads); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _address_space() -> int:

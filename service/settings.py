@@ -56,8 +56,8 @@ class Settings(BaseModel):
     model_batch: Positive = CHUNK  # images per graph call (bigger requests are split)
     max_queue: Count = 4096  # images waiting for the model before a 503
     # Pictures decode in child processes (service/sandbox.py), per worker: this many at once,
-    # each killed past the timeout or the memory limit. 3 s is ~10× a 12-megapixel phone JPEG's
-    # decode here; 1 GiB is twice the worst legal PNG's (~460 MB, 40 Mpx).
+    # each killed past the timeout (seconds of its own CPU) or the memory limit. 3 s is ~10× a
+    # 12-megapixel phone JPEG's decode here; 1 GiB is twice the worst legal PNG's (~460 MB, 40 Mpx).
     decoders: Positive = 1
     decode_timeout_s: Annotated[float, Field(gt=0)] = 3.0
     decode_memory_mb: Positive = 1024

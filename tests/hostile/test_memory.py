@@ -27,16 +27,19 @@ def test_a_burst_of_inflating_pngs_stays_within_the_decoders_memory(served):
     bomb = png_inflation(6000, 6000, "RGBA")  # 36 Mpx: under DIGIT_MAX_PIXELS, ~0.5 GB to decode
     assert len(bomb) < 1_000_000
     errors, before = server_errors(url), rss_bytes(url)
-    statuses: list[int] = []
+    replies: list[requests.Response] = []
 
     def attack() -> None:
         with ThreadPoolExecutor(12) as pool:
-            statuses.extend(r.status_code for r in pool.map(lambda _: upload(url, bomb), range(12)))
+            replies.extend(pool.map(lambda _: upload(url, bomb), range(12)))
 
     with PeakMemory(url) as memory:
         took = latencies_while(url, attack)
-    # each is decoded (it is blank: 422) or waits its turn (503); never a 5xx
-    assert set(statuses) <= {422, 413, 503}, statuses
+    # each is decoded (it is blank: 422) or waits its turn (503); never a 5xx, and never refused
+    # as too costly: it is within both decoder limits, however busy the CPU (it was, in a CI run
+    # where the niced decoders waited past a timeout counted in wall time)
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) <= {422, 503}, [(r.status_code, r.text[:200]) for r in replies]
     assert 422 in statuses
     assert server_errors(url) == errors
     # at most one decoder per worker holds a picture: workers × DIGIT_DECODE_MEMORY_MB bounds it
