@@ -74,8 +74,16 @@ class Sandbox:
     as itself, a killed or crashed child as Rejected("too_costly"), a starved one as Overloaded.
     """
 
-    def __init__(self, slots: int, timeout_s: float, memory_bytes: int, max_waiting: int) -> None:
+    def __init__(
+        self,
+        slots: int,
+        timeout_s: float,
+        memory_bytes: int,
+        max_waiting: int,
+        wall_s: float | None = None,
+    ) -> None:
         self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
+        self.wall_s = WALL_FACTOR * timeout_s if wall_s is None else wall_s
         self.slots = Slots(slots, max_waiting, "picture decoders")
         self._children = [_Child(memory_bytes) for _ in range(slots)]
 
@@ -83,7 +91,7 @@ class Sandbox:
         await self.slots.acquire()
         child = self._children.pop()
         loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(None, child.run, fn, args, self.timeout_s)
+        running = loop.run_in_executor(None, child.run, fn, args, self.timeout_s, self.wall_s)
 
         def done(future: asyncio.Future) -> None:
             # only once the thread is done with the child: a request cancelled meanwhile (a
@@ -109,12 +117,12 @@ class _Child:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
 
-    def run(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
+    def run(self, fn: Callable[..., Any], args: tuple, timeout_s: float, wall_s: float) -> Any:
         if self.process is None or not self.process.is_alive():
             self._start()
         assert self.conn is not None and self.process is not None
         self.conn.send((fn, args))
-        self._wait(self.process.pid, timeout_s)
+        self._wait(self.process.pid, timeout_s, wall_s)
         try:
             status, value = self.conn.recv()
         except (EOFError, OSError):  # the child died: its memory limit, most likely
@@ -130,16 +138,15 @@ class _Child:
             self.stop()
         raise value
 
-    def _wait(self, pid: int | None, timeout_s: float) -> None:
+    def _wait(self, pid: int | None, timeout_s: float, wall_s: float) -> None:
         """Wait until the child answers; past `timeout_s` of its CPU time raise Rejected, past
-        WALL_FACTOR × that of waiting Overloaded (the child is killed first in both cases).
+        `wall_s` of waiting Overloaded (the child is killed first in both cases).
 
         The cost of a picture is the CPU its decoding burns: counted in wall time, a legitimate
         picture was refused whenever the decoder (niced) waited behind busy workers.
         """
         assert self.conn is not None
         started, cpu_before = time.monotonic(), _cpu_seconds(pid)
-        wall_s = WALL_FACTOR * timeout_s
         while True:
             spent = _cpu_seconds(pid) - cpu_before
             waited = time.monotonic() - started

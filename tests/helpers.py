@@ -206,8 +206,8 @@ SERVICE_LIMITS = {
     "DIGIT_BODY_TIMEOUT_S": 5,
     # The costliest decode the pixel cap lets through (an RLE BMP of 40 Mpx, padded in Python)
     # takes ~3.5 s on Zen 5, barely over the default 3 s: at 1.5 s it is stopped on any CPU of
-    # this kind, while the largest honest picture (36 Mpx of PNG, ~0.4 s of CPU on Zen 5, ~0.9 s
-    # on Zen 3) still decodes: the timeout counts the decoder's CPU, not its wait for a core.
+    # this kind, while a 36 Mpx PNG (~0.4 s of CPU on Zen 5, ~0.9-1.1 s on Zen 3) still decodes:
+    # the timeout counts the decoder's CPU, not its wait for a core.
     "DIGIT_DECODE_TIMEOUT_S": 1.5,
 }
 
